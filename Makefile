@@ -1,0 +1,24 @@
+# The two commands of the README: `make app` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export AFTZOO_OFFLINE ?= 1
+
+.PHONY: app test test-slow install install-test bench
+
+app: install
+	$(VENV)/bin/aftzoo demo
+
+test: install-test
+	$(PY) -m pytest -q
+
+test-slow: install-test
+	$(PY) -m pytest -q -m slow
+
+install:
+	VENV=$(VENV) scripts/install.sh
+
+install-test:
+	VENV=$(VENV) scripts/install.sh --test
+
+bench: install
+	$(PY) -m benchmarks.run

@@ -1,0 +1,189 @@
+"""The DuckDB catalog: one file indexing models, data sets, features, rankings, runs and exports.
+
+Sharing within a process: a ``Catalog`` holds one DuckDB connection, and every thread
+that uses it gets its own cursor (DuckDB's documented way for threads to share a
+database: a connection object must not be used by two threads at once). Reads run
+concurrently. Writes take one process-wide lock, because DuckDB's optimistic
+concurrency would otherwise abort one of two transactions that touch the same row.
+
+Across processes DuckDB allows one writer: a second process that opens the file gets
+``CatalogBusyError`` naming the holder, not a corrupt file.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from storage.migrations import MIGRATIONS, SCHEMA_VERSION
+
+
+class CatalogError(RuntimeError):
+    """A catalog that cannot be opened or used as asked."""
+
+
+class CatalogBusyError(CatalogError):
+    """Another process holds the catalog's write lock."""
+
+
+def migrate(con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the migrations that ``con``'s schema lacks, up to ``target``; return the new version."""
+    if not 0 <= target <= SCHEMA_VERSION:
+        raise ValueError(f"target schema version must be in 0..{SCHEMA_VERSION}; got {target}")
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP DEFAULT current_timestamp)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise CatalogError(f"the catalog has schema version {current}, newer than this aftzoo "
+                           f"understands ({SCHEMA_VERSION}); upgrade aftzoo or point AFTZOO_HOME elsewhere")
+    for version in range(current + 1, target + 1):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(MIGRATIONS[version - 1])
+            con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return max(current, target)
+
+
+@dataclass(frozen=True)
+class FeatureSetRow:
+    id: int
+    model: str
+    dataset: str
+    split: str
+    fingerprint: str
+    settings_key: str
+    num_examples: int
+    dim: int
+    dtype: str
+    path: str
+    size_bytes: int
+    checksum: str
+
+
+class Catalog:
+    """An open catalog file. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            held = re.search(r"PID (\d+)", str(exc))
+            if held or "lock" in str(exc).lower():
+                who = f"process {held.group(1)}" if held else "another process"
+                raise CatalogBusyError(f"the catalog {self.path} is open for writing in {who}; "
+                                       "stop it or set AFTZOO_HOME to another folder") from None
+            raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from None
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        if not read_only:
+            with self._write_lock:
+                self.schema_version = migrate(self._con)
+        else:
+            self.schema_version = self._con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self._con.cursor()
+        return cur
+
+    def query(self, sql: str, params: list | tuple | None = None) -> list[dict[str, Any]]:
+        cur = self._cursor().execute(sql, params or [])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def df(self, sql: str, params: list | tuple | None = None) -> pd.DataFrame:
+        return self._cursor().execute(sql, params or []).df()
+
+    def execute(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
+        """Run one write statement under the process's write lock."""
+        with self._write_lock:
+            return self._cursor().execute(sql, params or []).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Several writes that land together or not at all."""
+        with self._write_lock:
+            cur = self._cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- models and data sets ---------------------------------------------------------------
+    def upsert_model(self, name: str, *, family: str, modality: str, role: str, source: str,
+                     hub_id: str | None, params: int | None, feature_dim: int | None, spec: dict) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO models (name, family, modality, role, source, hub_id, params, feature_dim, spec) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [name, family, modality, role, source, hub_id, params, feature_dim, json.dumps(spec, default=str)])
+
+    def upsert_dataset(self, name: str, split: str, *, fingerprint: str, modality: str, num_examples: int,
+                       class_names: list[str], source: str) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO datasets (name, split, fingerprint, modality, num_examples, num_classes, class_names, source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [name, split, fingerprint, modality, num_examples, len(class_names), json.dumps(class_names), source])
+
+    # -- feature sets -----------------------------------------------------------------------
+    def find_feature_set(self, model: str, fingerprint: str, split: str, settings_key: str) -> FeatureSetRow | None:
+        rows = self.query(
+            "SELECT id, model, dataset, split, fingerprint, settings_key, num_examples, dim, dtype, path, size_bytes, checksum "
+            "FROM feature_sets WHERE model = ? AND fingerprint = ? AND split = ? AND settings_key = ?",
+            [model, fingerprint, split, settings_key])
+        return FeatureSetRow(**rows[0]) if rows else None
+
+    def add_feature_set(self, *, model: str, dataset: str, split: str, fingerprint: str, settings_key: str,
+                        settings: dict, num_examples: int, dim: int, dtype: str, path: str, size_bytes: int,
+                        checksum: str, seconds: float | None) -> int:
+        with self.transaction() as cur:
+            # A row for the same key can only be stale (its file was damaged or removed).
+            cur.execute("DELETE FROM feature_sets WHERE model = ? AND fingerprint = ? AND split = ? AND settings_key = ?",
+                        [model, fingerprint, split, settings_key])
+            return cur.execute(
+                "INSERT INTO feature_sets (model, dataset, split, fingerprint, settings_key, settings, num_examples, dim, "
+                "dtype, path, size_bytes, checksum, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [model, dataset, split, fingerprint, settings_key, json.dumps(settings, sort_keys=True, default=str),
+                 num_examples, dim, dtype, path, size_bytes, checksum, seconds]).fetchone()[0]
+
+    def delete_feature_set(self, feature_set_id: int) -> None:
+        self.execute("DELETE FROM feature_sets WHERE id = ?", [feature_set_id])
+
+    def feature_sets(self) -> pd.DataFrame:
+        return self.df("SELECT id, model, dataset, split, num_examples, dim, dtype, size_bytes, seconds, created_at "
+                       "FROM feature_sets ORDER BY created_at")
+
+
+def open_catalog(settings=None, *, read_only: bool = False) -> Catalog:
+    """Open the catalog of ``settings`` (default: the environment's)."""
+    from storage.settings import get_settings
+
+    settings = settings or get_settings()
+    return Catalog(settings.catalog_path, read_only=read_only)
