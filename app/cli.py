@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage.settings import get_settings
+from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="aftzoo: rank a zoo of foundation models and transfer them into small students.")
@@ -29,7 +29,10 @@ def _print_json(obj) -> None:
 @app.callback()
 def _main() -> None:
     # The hub clients read their offline variables at import time: set them before anything imports them.
-    get_settings()
+    try:
+        get_settings()
+    except SettingsError as exc:
+        _fail(str(exc), code=2)
 
 
 @app.command()

@@ -15,7 +15,10 @@ WITH_TEST=0
 [ "${1:-}" = "--test" ] && WITH_TEST=1
 
 # onnxruntime and onnxruntime-gpu share one module: pick one, never both.
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+# AFTZOO_ORT=cpu|gpu overrides the detection (a GPU image is built where no GPU is visible).
+if [ -n "${AFTZOO_ORT:-}" ]; then
+    ORT_EXTRA=$AFTZOO_ORT
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     ORT_EXTRA=gpu
 else
     ORT_EXTRA=cpu

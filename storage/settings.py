@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,9 +56,18 @@ class Settings(BaseSettings):
             os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+class SettingsError(ValueError):
+    """An ``AFTZOO_*`` variable with a value aftzoo cannot use."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"AFTZOO_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+                             for e in exc.errors())
+        raise SettingsError(f"bad setting: {problems}") from None
     settings.apply_environment()
     return settings
 
