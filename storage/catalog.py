@@ -181,9 +181,25 @@ class Catalog:
                        "FROM feature_sets ORDER BY created_at")
 
 
-def open_catalog(settings=None, *, read_only: bool = False) -> Catalog:
-    """Open the catalog of ``settings`` (default: the environment's)."""
+def open_catalog(settings=None, *, read_only: bool = False, wait: float = 10.0) -> Catalog:
+    """Open the catalog of ``settings`` (default: the environment's).
+
+    Long jobs in separate processes (a training run, the CLI) open the catalog for each
+    batch of writes and close it again, so another process may hold it for a moment:
+    wait up to ``wait`` seconds for it before raising ``CatalogBusyError``.
+    """
+    import time
+
     from storage.settings import get_settings
 
     settings = settings or get_settings()
-    return Catalog(settings.catalog_path, read_only=read_only)
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    while True:
+        try:
+            return Catalog(settings.catalog_path, read_only=read_only)
+        except CatalogBusyError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)

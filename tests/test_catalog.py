@@ -100,3 +100,27 @@ def test_transaction_rolls_back_on_error(tmp_path):
                 cur.execute("INSERT INTO runs (id, dataset, student, method, status) VALUES ('r', 'd', 's', 'aft', 'x')")
                 raise RuntimeError("boom")
         assert cat.query("SELECT count(*) AS n FROM runs")[0]["n"] == 0
+
+
+def test_open_catalog_waits_for_a_short_holder(home):
+    """A process that holds the catalog for a moment delays, not fails, another's open."""
+    from storage.catalog import open_catalog
+    from storage.settings import get_settings
+
+    path = get_settings().catalog_path
+    Catalog(path).close()
+    code = textwrap.dedent(f"""
+        import time
+        from storage.catalog import Catalog
+        c = Catalog({str(path)!r})
+        print("HELD", flush=True)
+        time.sleep(1.5)
+        c.close()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "HELD"
+    with pytest.raises(CatalogBusyError):
+        open_catalog(wait=0.2)
+    with open_catalog(wait=20) as cat:
+        assert cat.schema_version == SCHEMA_VERSION
+    proc.wait(timeout=30)
