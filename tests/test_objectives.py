@@ -1,0 +1,150 @@
+import pytest
+import torch
+
+from transfer.aft import aft_loss
+from transfer.objectives import AFT, METHODS, BTuning, FactorTransfer, make_objective
+
+torch.manual_seed(0)
+
+
+def direct_aft(phi, psi, s):
+    """AFT's R written out from its definition, with explicit centring and norms."""
+    b = phi.shape[0]
+    h = torch.eye(b, dtype=phi.dtype) - torch.ones(b, b, dtype=phi.dtype) / b
+    w = psi * (1 / (1 + torch.exp(-s)))
+    a, t = h @ phi, h @ w
+    a = a / torch.clamp(torch.sqrt((a ** 2).sum(1, keepdim=True)), min=1e-8)
+    t = t / torch.clamp(torch.sqrt((t ** 2).sum(1, keepdim=True)), min=1e-8)
+    diff = a @ a.T - t @ t.T
+    return torch.sqrt((diff ** 2).sum() / b ** 2 + 1e-8)
+
+
+def random_orthogonal(n, dtype=torch.float64):
+    q, r = torch.linalg.qr(torch.randn(n, n, dtype=dtype))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def test_aft_loss_matches_its_definition_value_and_gradient():
+    phi = torch.randn(16, 5, dtype=torch.float64, requires_grad=True)
+    psi = torch.randn(16, 9, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    ours = aft_loss(phi, psi, s)
+    ref = direct_aft(phi, psi, s)
+    assert ours.ndim == 0
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    g_ours = torch.autograd.grad(ours, (phi, psi, s))
+    g_ref = torch.autograd.grad(ref, (phi, psi, s))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    assert torch.autograd.gradcheck(aft_loss, (phi, psi, s))
+
+
+def test_zero_when_student_is_a_rotation_of_the_weighted_teacher():
+    psi = torch.randn(32, 6, dtype=torch.float64)
+    s = torch.randn(6, dtype=torch.float64)
+    weighted = psi * torch.sigmoid(s)
+    phi = (weighted - weighted.mean(0)) @ random_orthogonal(6)
+    assert float(aft_loss(phi, psi, s)) == pytest.approx(1e-4, abs=1e-9)  # sqrt(0 + 1e-8)
+    assert float(aft_loss(torch.randn(32, 6, dtype=torch.float64), psi, s)) > 0.1
+
+
+def test_invariant_to_rotating_the_student():
+    phi = torch.randn(24, 7, dtype=torch.float64)
+    psi, s = torch.randn(24, 11, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    torch.testing.assert_close(aft_loss(phi @ random_orthogonal(7), psi, s), aft_loss(phi, psi, s), rtol=1e-10, atol=0)
+
+
+def test_aft_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="batches differ"):
+        aft_loss(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        aft_loss(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4))
+
+
+def test_learned_weights_start_at_one_half_and_identity_ablation_has_none():
+    aft = make_objective("aft", 4, 6)
+    assert torch.equal(aft.weights(), torch.full((6,), 0.5))
+    assert set(aft.weight_stats()) == {"weight_mean", "weight_std", "weight_min", "weight_max"}
+    assert make_objective("aft_identity", 4, 6).weights() is None
+    assert list(make_objective("aft_identity", 4, 6).parameters()) == []
+
+
+def test_dense_ablation_starts_equal_to_identity_weights():
+    phi, psi = torch.randn(20, 4), torch.randn(20, 6)
+    torch.testing.assert_close(make_objective("aft_dense", 4, 6)(phi, psi),
+                               make_objective("aft_identity", 4, 6)(phi, psi))
+
+
+def test_rbf_kernel_variant_is_zero_for_matching_kernels():
+    psi = torch.randn(16, 5, dtype=torch.float64)
+    rbf = AFT(5, 5, kernel="rbf", learn_weights=False)
+    phi = (psi - psi.mean(0)) @ random_orthogonal(5)
+    assert float(rbf(phi, psi)) == pytest.approx(1e-4, abs=1e-6)
+
+
+def test_stl_is_zero():
+    assert float(make_objective("stl", 4, 6)(torch.randn(8, 4), torch.randn(8, 6))) == 0.0
+
+
+def test_kd_known_values():
+    phi = torch.randn(10, 4)
+    kd = make_objective("kd", 4, 4)
+    with torch.no_grad():
+        kd.map.weight.copy_(torch.eye(4))
+    assert float(kd(phi, phi)) == pytest.approx(0.0, abs=1e-12)
+    with torch.no_grad():
+        kd.map.weight.zero_()
+    psi = torch.randn(10, 4)
+    assert float(kd(phi, psi)) == pytest.approx(float((psi ** 2).mean()), rel=1e-6)
+
+
+def test_no_kernel_ablation_known_value():
+    nk = make_objective("aft_nokernel", 3, 5)
+    with torch.no_grad():
+        nk.map.weight.zero_()
+    phi = torch.randn(12, 3)
+    assert float(nk(phi, torch.randn(12, 5))) == pytest.approx(float(((phi - phi.mean(0)) ** 2).mean()), rel=1e-5)
+
+
+def test_rkd_is_zero_for_a_scaled_copy_and_positive_otherwise():
+    psi = torch.randn(12, 6)
+    rkd = make_objective("rkd", 6, 6)
+    assert float(rkd(3.0 * psi, psi)) == pytest.approx(0.0, abs=1e-6)
+    assert float(rkd(torch.randn(12, 6), psi)) > 0.01
+
+
+def test_factor_transfer_starts_at_the_teacher_l1_norm():
+    phi, psi = torch.randn(8, 4), torch.randn(8, 6)
+    ft = make_objective("ft", 4, 6)
+    assert isinstance(ft, FactorTransfer)
+    expected = torch.nn.functional.normalize(psi, dim=1).abs().sum(1).mean()
+    assert float(ft(phi, psi)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_btuning_known_value_and_teacher_mixing():
+    phi, psi = torch.randn(10, 3), torch.randn(10, 5)  # teacher 0: cols 0-1, teacher 1: cols 2-4
+    m_s, m_0, m_1 = torch.randn(2, 3), torch.randn(2, 2), torch.randn(2, 3)
+    bt = BTuning(3, 5, student_weights=m_s, teacher_weights=[m_0, m_1], teacher_scores=[0.0, 10.0],
+                 teacher_slices=[(0, 2), (2, 5)])
+    w = torch.softmax(torch.tensor([0.0, 10.0]) / 0.1, 0)
+    target = w[0] * psi[:, :2] @ m_0.T + w[1] * psi[:, 2:] @ m_1.T
+    assert float(bt(phi, psi)) == pytest.approx(float(((phi @ m_s.T - target) ** 2).mean()), rel=1e-5)
+    assert float(w[1]) > 0.999  # a much better LogME score takes nearly all the weight
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="choose one of: " + ", ".join(METHODS)):
+        make_objective("distill", 4, 4)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("stl", "btune")])
+def test_every_objective_gives_finite_gradients(method):
+    phi = torch.randn(16, 4, requires_grad=True)
+    obj = make_objective(method, 4, 6)
+    r = obj(phi, torch.randn(16, 6))
+    r.backward()
+    assert torch.isfinite(r) and float(r) >= 0
+    assert phi.grad is not None and torch.isfinite(phi.grad).all()
+    # FT's zero-initialised last layer passes no gradient to the student until it has moved itself.
+    moving = [phi.grad] if method != "ft" else [p.grad for p in obj.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in moving)
