@@ -70,7 +70,65 @@ class FeatureSetRow:
     checksum: str
 
 
-class Catalog:
+class RunCatalog:
+    """Runs and their metric history (mixed into ``Catalog``)."""
+
+    def create_run(self, run_id: str, *, dataset: str, student: str, teachers: list[str], method: str,
+                   config: dict, total_steps: int, status: str = "running") -> None:
+        self.execute("INSERT INTO runs (id, dataset, student, teachers, method, config, status, total_steps) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     [run_id, dataset, student, json.dumps(teachers), method, json.dumps(config, default=str),
+                      status, total_steps])
+
+    def update_run(self, run_id: str, **fields) -> None:
+        allowed = {"status", "step", "total_steps", "checkpoint", "test_accuracy", "wall_seconds", "error", "config"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"cannot update run fields {sorted(bad)}; allowed: {sorted(allowed)}")
+        if "config" in fields:
+            fields["config"] = json.dumps(fields["config"], default=str)
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.execute(f"UPDATE runs SET {cols}, updated_at = current_timestamp WHERE id = ?", [*fields.values(), run_id])
+
+    def get_run(self, run_id: str) -> dict | None:
+        rows = self.query("SELECT * FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            return None
+        row = rows[0]
+        row["config"] = json.loads(row["config"]) if row["config"] else {}
+        row["teachers"] = json.loads(row["teachers"]) if row["teachers"] else []
+        return row
+
+    def log_metrics(self, run_id: str, rows: list[tuple[int, str, float]], *, step: int | None = None,
+                    **run_fields) -> None:
+        """Append ``(step, name, value)`` rows and, in the same transaction, move the run's progress."""
+        with self.transaction() as cur:
+            if rows:
+                cur.executemany("INSERT OR REPLACE INTO run_metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                                [(run_id, s, n, v) for s, n, v in rows])
+            if step is not None or run_fields:
+                fields = {**({"step": step} if step is not None else {}), **run_fields}
+                cols = ", ".join(f"{k} = ?" for k in fields)
+                cur.execute(f"UPDATE runs SET {cols}, updated_at = current_timestamp WHERE id = ?",
+                            [*fields.values(), run_id])
+
+    def truncate_metrics(self, run_id: str, after_step: int) -> None:
+        """Forget metrics logged after a checkpoint: a resumed run logs them again."""
+        self.execute("DELETE FROM run_metrics WHERE run_id = ? AND step > ?", [run_id, after_step])
+
+    def metrics(self, run_id: str) -> pd.DataFrame:
+        """The run's history, one row per step, one column per metric."""
+        long = self.df("SELECT step, name, value FROM run_metrics WHERE run_id = ? ORDER BY step", [run_id])
+        if long.empty:
+            return pd.DataFrame(columns=["step"])
+        return long.pivot(index="step", columns="name", values="value").reset_index()
+
+    def runs(self) -> pd.DataFrame:
+        return self.df("SELECT id, dataset, student, teachers, method, status, step, total_steps, test_accuracy, "
+                       "wall_seconds, created_at, error FROM runs ORDER BY created_at")
+
+
+class Catalog(RunCatalog):
     """An open catalog file. Use as a context manager or call ``close()``."""
 
     def __init__(self, path: str | Path, *, read_only: bool = False):

@@ -1,0 +1,184 @@
+"""Short real training runs: timm's tiny test ResNet on digits, EfficientNet-Lite0 as the teacher."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from storage.catalog import open_catalog
+from transfer import objectives, trainer
+from transfer.trainer import Cancelled, TransferConfig, TransferError, TrainingDiverged, history, resume, run
+from zoo.models import random_spec
+
+STUDENT = "test-tiny-resnet"
+REGISTER = (f"import zoo; from zoo.models import random_spec; "
+            f"zoo.register(random_spec('resnet', name={STUDENT!r}, hub_id='test_resnet', image_size=32), overwrite=True)")
+exec(REGISTER)
+
+BASE = dict(dataset="digits", student=STUDENT, teachers=["efficientnet-lite0"], steps=24, lr=1e-2, batch_size=32,
+            limit_train=192, limit_test=96, log_every=4, eval_every=8, checkpoint_every=8)
+
+
+def cfg(**kw) -> TransferConfig:
+    return TransferConfig(**{**BASE, **kw})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _teacher_features():
+    # Extract once for the module; every run below reads them from the catalog.
+    zoo.extract("efficientnet-lite0", "digits", "train", limit=BASE["limit_train"], progress=False)
+
+
+@pytest.mark.parametrize("method", list(objectives.METHODS))
+def test_each_method_trains_and_lowers_the_loss(method):
+    result = run(cfg(method=method, teachers=[] if method == "stl" else BASE["teachers"]), progress=False)
+    assert result.status == "completed" and result.steps == 24
+    h = history(result.run_id)
+    assert list(h["step"]) == [4, 8, 12, 16, 20, 24]
+    assert h["loss"].iloc[-2:].mean() < h["loss"].iloc[:2].mean()
+    assert result.test_accuracy > 0.2  # ten classes: chance is 0.1
+    if method == "stl":
+        assert (h["reg"] == 0).all()
+    else:
+        assert (h["reg"] > 0).all()
+    if method == "aft":
+        w = h.dropna(subset=["weight_mean"])
+        assert w["weight_std"].iloc[-1] > 0  # the teacher weights moved away from 0.5 unevenly
+
+
+def test_steps_round_up_to_whole_epochs():
+    result = run(cfg(method="stl", teachers=[], steps=7, batch_size=64), progress=False)  # 192 / 64 = 3 per epoch
+    assert result.steps == 9
+    assert result.config["total_steps"] == 9
+
+
+def test_run_is_recorded_with_teacher_slices():
+    result = run(cfg(method="aft", steps=3), progress=False)
+    with open_catalog() as cat:
+        row = cat.get_run(result.run_id)
+    assert row["status"] == "completed" and row["teachers"] == ["efficientnet-lite0"]
+    assert row["config"]["teacher_slices"] == {"efficientnet-lite0": [0, 1280]}
+    assert row["test_accuracy"] == pytest.approx(result.test_accuracy)
+    assert os.path.isfile(row["checkpoint"])
+
+
+def test_kill_and_resume_continues_with_a_continuous_history(tmp_path):
+    code = textwrap.dedent(f"""
+        {REGISTER}
+        from transfer.trainer import TransferConfig, run
+        cfg = TransferConfig(**{BASE!r}, method="aft")
+        cfg.steps = 36
+        def on_step(m):
+            print(m["run_id"], m["step"], flush=True)
+        run(cfg, progress=False, on_step=on_step)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    run_id = None
+    for line in proc.stdout:
+        run_id, step = line.split()
+        if int(step) >= 20:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert run_id is not None
+    with open_catalog() as cat:
+        killed = cat.get_run(run_id)
+    assert killed["status"] == "running" and killed["step"] in (16, 20)  # the last checkpoint or flush
+
+    result = resume(run_id, progress=False)
+    assert result.status == "completed" and result.steps == 36
+    h = history(run_id)
+    assert list(h["step"]) == list(range(4, 37, 4))  # no gap, no duplicate
+    assert h["loss"].notna().all()
+
+
+def test_cancel_then_resume():
+    stop = threading.Event()
+
+    def on_step(m):
+        if m["step"] >= 8:
+            stop.set()
+
+    with pytest.raises(Cancelled, match="resume it with"):
+        run(cfg(method="kd"), progress=False, cancel=stop, on_step=on_step)
+    with open_catalog() as cat:
+        row = [r for r in cat.query("SELECT id, status, step FROM runs WHERE method = 'kd' ORDER BY created_at DESC")][0]
+    assert row["status"] == "cancelled" and row["step"] == 8
+    result = resume(row["id"], progress=False)
+    assert result.status == "completed" and result.steps == 24
+
+
+def test_beta_auto_records_every_trial():
+    result = run(cfg(method="aft", beta="auto", beta_grid=(0.1, 10.0), steps=6), progress=False)
+    assert [t["beta"] for t in result.trials] == [0.1, 10.0]
+    assert result.config["chosen_beta"] in (0.1, 10.0)
+    parent = result.config["beta_auto_run"]
+    with open_catalog() as cat:
+        children = cat.query("SELECT id, status, config FROM runs WHERE json_extract_string(config, '$.parent') = ?",
+                             [parent])
+        summary = cat.get_run(parent)
+    assert len(children) == 3 and all(c["status"] == "completed" for c in children)
+    assert summary["status"] == "completed" and len(summary["config"]["trials"]) == 2
+    trial = cat_config = [c for c in children if c["id"] == result.trials[0]["run_id"]][0]
+    assert '"holdout_fraction": 0.1' in trial["config"] and cat_config
+
+
+def test_nan_loss_stops_clearly_and_keeps_the_last_checkpoint(monkeypatch):
+    class Explodes(objectives.AFT):
+        calls = 0
+
+        def forward(self, phi, psi):
+            Explodes.calls += 1
+            r = super().forward(phi, psi)
+            return r * float("nan") if Explodes.calls > 10 else r
+
+    monkeypatch.setitem(objectives.METHODS, "explodes", lambda ds, dt, **kw: Explodes(ds, dt))
+    with pytest.raises(TrainingDiverged, match=r"at step 11 .*last good checkpoint \(step 8\) is kept"):
+        run(cfg(method="explodes"), progress=False)
+    with open_catalog() as cat:
+        row = cat.query("SELECT id, status, error, step FROM runs WHERE method = 'explodes'")[0]
+    assert row["status"] == "failed" and "lower --lr or --beta" in row["error"]
+    state = torch.load(trainer._run_dir(row["id"]) / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 8
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(method="distill"), "unknown method 'distill'; choose one of: stl, aft"),
+    (dict(student="resnet-9000"), "resnet-9000"),
+    (dict(teachers=["nope"]), "nope"),
+    (dict(dataset="cifar11"), "choose one of: digits"),
+    (dict(method="aft", teachers=[]), "needs at least one teacher"),
+    (dict(beta="lots"), "beta must be a number or 'auto'"),
+    (dict(batch_size=1), "batch_size must be at least 2"),
+])
+def test_bad_configs_are_named(bad, match):
+    with pytest.raises((TransferError, KeyError, ValueError), match=match):
+        run(cfg(**bad), progress=False)
+
+
+def test_teacher_features_that_do_not_fit_the_data(monkeypatch):
+    real = trainer.extract_info
+
+    def short(*args, **kwargs):
+        info = real(*args, **kwargs)
+        info.features = info.features[:-5]
+        return info
+
+    monkeypatch.setattr(trainer, "extract_info", short)
+    with pytest.raises(TransferError, match="has features for 187 of the 192 training examples"):
+        run(cfg(), progress=False)
+
+    def other_data(*args, **kwargs):
+        info = real(*args, **kwargs)
+        info.fingerprint = "0" * 64
+        return info
+
+    monkeypatch.setattr(trainer, "extract_info", other_data)
+    with pytest.raises(TransferError, match="made from other data"):
+        run(cfg(), progress=False)

@@ -1,0 +1,508 @@
+"""The transfer trainer: one readable loop, every hyper-parameter in ``TransferConfig``.
+
+loss = cross-entropy(student(x), y) + beta * R(phi, psi), where phi are the student's
+penultimate features and psi the teachers' cached features for the same examples
+(rows aligned by index with the training split). Adam updates the student at ``lr``
+and the objective's own parameters (AFT's s, KD's map, ...) at ``objective_lr``; both
+follow one cosine decay. The number of steps is rounded up to whole epochs, as in the
+paper. Metrics go to the catalog as training goes; a checkpoint is written every
+``checkpoint_every`` steps, and ``resume(run_id)`` continues from the last one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from storage.catalog import open_catalog
+from storage.settings import get_settings, resolve_device
+from transfer.objectives import METHODS, Objective, make_objective
+from transfer.students import Student, build_student
+from zoo.datasets import Dataset, load_dataset
+from zoo.extract import extract_info
+from zoo.prompts import prompt_for
+from zoo.registry import get as get_spec
+
+BETA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+class TransferError(RuntimeError):
+    """A transfer that cannot start or cannot go on; the message says why and what to do."""
+
+
+class TrainingDiverged(TransferError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Cancelled(TransferError):
+    """The run was cancelled; its last checkpoint is kept and it can be resumed."""
+
+
+@dataclass
+class TransferConfig:
+    dataset: str
+    student: str
+    teachers: list[str] = field(default_factory=list)
+    method: str = "aft"
+    beta: float | str = 1.0            # or "auto": pick from beta_grid on a 10% hold-out, then retrain
+    beta_grid: tuple[float, ...] = BETA_GRID
+    steps: int = 5000                  # rounded up to whole epochs
+    lr: float = 1e-4                   # student
+    objective_lr: float = 1e-2         # the objective's own parameters (the authors' value for AFT's s)
+    batch_size: int | None = None      # None: 128 for images, 64 for text (the paper's)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    pretrained: bool = True
+    limit_train: int | None = None
+    limit_test: int | None = None
+    holdout_fraction: float = 0.0      # > 0: train on the rest of the train split, evaluate on this part of it
+    eval_every: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 100
+    flush_seconds: float = 2.0         # write logged metrics to the catalog at least this often
+    device: str | None = None
+    parent: str | None = None          # the beta-auto run a trial belongs to
+
+    def validate(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        elif self.method != "stl" and not self.teachers:
+            problems.append(f"method {self.method!r} needs at least one teacher (--teachers)")
+        if isinstance(self.beta, str):
+            if self.beta != "auto":
+                problems.append(f"beta must be a number or 'auto'; got {self.beta!r}")
+        elif not (self.beta >= 0 and math.isfinite(self.beta)):
+            problems.append(f"beta must be a finite number >= 0; got {self.beta}")
+        for name in ("steps", "eval_every", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("lr", "objective_lr"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0; got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 2:
+            problems.append(f"batch_size must be at least 2 (kernels compare examples); got {self.batch_size}")
+        if not 0 <= self.holdout_fraction < 1:
+            problems.append(f"holdout_fraction must be in [0, 1); got {self.holdout_fraction}")
+        if problems:
+            raise TransferError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["beta_grid"] = list(self.beta_grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransferConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if "beta_grid" in d:
+            d["beta_grid"] = tuple(d["beta_grid"])
+        return cls(**d)
+
+
+@dataclass
+class TransferResult:
+    run_id: str
+    config: dict
+    status: str
+    test_accuracy: float | None
+    steps: int
+    wall_seconds: float
+    trials: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the examples, their labels and the teachers' features, aligned by index
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    dataset: Dataset
+    train_inputs: object
+    train_labels: np.ndarray
+    teacher_features: np.ndarray | None   # (N_train, sum of teacher dims), float32
+    teacher_slices: dict[str, list[int]]
+    eval_inputs: object
+    eval_labels: np.ndarray
+    eval_name: str                        # "test" or "holdout"
+    fingerprint: str
+
+
+def _take(inputs, idx: np.ndarray):
+    return inputs[idx] if isinstance(inputs, np.ndarray) else [inputs[i] for i in idx]
+
+
+def _prepare_data(cfg: TransferConfig, progress: bool) -> _Data:
+    data = load_dataset(cfg.dataset)
+    train = data.split("train")
+    if cfg.limit_train:
+        train = train.head(cfg.limit_train)
+    test = data.split("test")
+    if cfg.limit_test:
+        test = test.head(cfg.limit_test)
+
+    feats, slices, start = [], {}, 0
+    for teacher in cfg.teachers:
+        info = extract_info(teacher, data, "train", limit=cfg.limit_train, device=cfg.device, progress=progress)
+        if info.fingerprint != train.fingerprint:
+            raise TransferError(f"the features of {teacher} were made from other data than {cfg.dataset}/train "
+                                f"(fingerprint {info.fingerprint[:12]} vs {train.fingerprint[:12]}); extract them again")
+        if info.features.shape[0] != len(train):
+            raise TransferError(f"{teacher} has features for {info.features.shape[0]} of the {len(train)} training "
+                                "examples; extract them again")
+        feats.append(np.asarray(info.features, dtype=np.float32))
+        slices[teacher] = [start, start + info.features.shape[1]]
+        start += info.features.shape[1]
+    psi = np.concatenate(feats, axis=1) if feats else None
+
+    inputs, labels = train.inputs, train.labels
+    eval_inputs, eval_labels, eval_name = test.inputs, test.labels, "test"
+    if cfg.holdout_fraction > 0:
+        from sklearn.model_selection import train_test_split
+
+        fit, held = train_test_split(np.arange(len(labels)), test_size=cfg.holdout_fraction,
+                                     random_state=cfg.seed, stratify=labels)
+        fit, held = np.sort(fit), np.sort(held)
+        eval_inputs, eval_labels, eval_name = _take(inputs, held), labels[held], "holdout"
+        inputs, labels = _take(inputs, fit), labels[fit]
+        psi = psi[fit] if psi is not None else None
+    return _Data(data, inputs, labels, psi, slices, eval_inputs, eval_labels, eval_name, train.fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the student, its objective and the optimiser
+# ---------------------------------------------------------------------------------------------
+def _batches(n: int, batch_size: int):
+    return range(0, n, batch_size)
+
+
+@torch.no_grad()
+def _student_features(student: Student, inputs, prompt: str, batch_size: int) -> np.ndarray:
+    student.eval()
+    out = [student(student.preprocess(_take(inputs, np.arange(i, min(i + batch_size, len(inputs)))), prompt))[1]
+           for i in _batches(len(inputs), batch_size)]
+    return torch.cat(out).float().cpu().numpy()
+
+
+def _btuning_kwargs(student: Student, data: _Data, prompt: str, batch_size: int) -> dict:
+    """LogME posterior means of each teacher and of the untrained student, on up to 2,000 examples."""
+    from transfer.ranking import logme
+
+    n = min(len(data.train_labels), 2000)
+    labels = data.train_labels[:n]
+    weights, scores = [], []
+    for a, b in data.teacher_slices.values():
+        score, m = logme(data.teacher_features[:n, a:b], labels, return_weights=True)
+        scores.append(score)
+        weights.append(torch.as_tensor(m, dtype=torch.float32))
+    _, m_s = logme(_student_features(student, _take(data.train_inputs, np.arange(n)), prompt, batch_size),
+                   labels, return_weights=True)
+    return dict(student_weights=torch.as_tensor(m_s, dtype=torch.float32), teacher_weights=weights,
+                teacher_scores=scores, teacher_slices=list(map(tuple, data.teacher_slices.values())))
+
+
+def _autocast(device: str):
+    if device != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(student: Student, inputs, labels: np.ndarray, prompt: str, batch_size: int, device: str) -> float:
+    student.eval()
+    correct = 0
+    for i in _batches(len(labels), batch_size):
+        idx = np.arange(i, min(i + batch_size, len(labels)))
+        with _autocast(device):
+            logits, _ = student(student.preprocess(_take(inputs, idx), prompt))
+        correct += int((logits.argmax(1).cpu().numpy() == labels[idx]).sum())
+    student.train()
+    return correct / len(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: create, train, resume
+# ---------------------------------------------------------------------------------------------
+def _run_dir(run_id: str) -> Path:
+    return get_settings().home / "runs" / run_id
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _new_run_id(cfg: TransferConfig) -> str:
+    return f"{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _known_names(cfg: TransferConfig) -> None:
+    """Fail before any work on a bad data-set, student or teacher name (the errors list valid names)."""
+    load_dataset(cfg.dataset)
+    for name in [cfg.student, *cfg.teachers]:
+        get_spec(name)
+
+
+def run(config: TransferConfig | dict, *, progress: bool = True, cancel: threading.Event | None = None,
+        on_step: Callable[[dict], None] | None = None) -> TransferResult:
+    """Train ``config.student`` with ``config.method``; every run (and each beta trial) is recorded."""
+    cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(config)
+    cfg.validate()
+    _known_names(cfg)
+    if cfg.beta == "auto":
+        return _run_beta_auto(cfg, progress=progress, cancel=cancel, on_step=on_step)
+    run_id = _new_run_id(cfg)
+    return _train(run_id, cfg, resume=False, progress=progress, cancel=cancel, on_step=on_step)
+
+
+def resume(run_id: str, *, progress: bool = True, cancel: threading.Event | None = None,
+           on_step: Callable[[dict], None] | None = None) -> TransferResult:
+    """Continue a killed, failed or cancelled run from its last checkpoint."""
+    with open_catalog() as cat:
+        row = cat.get_run(run_id)
+    if row is None:
+        raise TransferError(f"no run {run_id!r} in the catalog; list runs with `aftzoo runs`")
+    if row["status"] == "completed":
+        raise TransferError(f"run {run_id} already completed ({row['step']} steps); nothing to resume")
+    cfg = TransferConfig.from_dict(row["config"])
+    return _train(run_id, cfg, resume=True, progress=progress, cancel=cancel, on_step=on_step)
+
+
+def request_cancel(run_id: str) -> None:
+    """Ask a run in another thread or process to stop at its next metrics flush."""
+    with open_catalog() as cat:
+        if cat.get_run(run_id) is None:
+            raise TransferError(f"no run {run_id!r} in the catalog")
+        cat.update_run(run_id, status="cancelling")
+
+
+def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, cancel: threading.Event | None,
+           on_step: Callable[[dict], None] | None) -> TransferResult:
+    device = resolve_device(cfg.device)
+    data = _prepare_data(cfg, progress)
+    spec = get_spec(cfg.student)
+    batch_size = cfg.batch_size or (128 if spec.modality == "image" else 64)
+    batch_size = min(batch_size, len(data.train_labels))
+    steps_per_epoch = math.ceil(len(data.train_labels) / batch_size)
+    total_steps = math.ceil(cfg.steps / steps_per_epoch) * steps_per_epoch
+    prompt = prompt_for(cfg.dataset) if spec.modality == "text" and spec.prompt else "{text}"
+
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg.student, data.dataset.num_classes, pretrained=cfg.pretrained, device=device,
+                            seed=cfg.seed)
+    d_t = 0 if data.teacher_features is None else data.teacher_features.shape[1]
+    extra = _btuning_kwargs(student, data, prompt, batch_size) if cfg.method == "btune" else {}
+    objective: Objective = make_objective(cfg.method, student.feature_dim, d_t, **extra).to(device)
+    optimizer = torch.optim.Adam([
+        {"params": list(student.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": list(objective.parameters()), "lr": cfg.objective_lr},
+    ])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    use_scaler = device == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    run_dir = _run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    step, wall_before = 0, 0.0
+    record = {**cfg.to_dict(), "teacher_slices": data.teacher_slices, "data_fingerprint": data.fingerprint,
+              "batch_size_used": batch_size, "total_steps": total_steps, "device_used": device}
+    with open_catalog() as cat:
+        if resume:
+            row = cat.get_run(run_id)
+            if row["config"].get("data_fingerprint") not in (None, data.fingerprint):
+                raise TransferError(f"the data of {cfg.dataset} changed since run {run_id} started "
+                                    "(fingerprint mismatch); start a new run")
+            if ckpt_path.is_file():
+                state = torch.load(ckpt_path, map_location=device, weights_only=True)
+                student.load_state_dict(state["student"])
+                objective.load_state_dict(state["objective"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                torch.set_rng_state(state["torch_rng"])
+                step, wall_before = int(state["step"]), float(state["wall_seconds"])
+            cat.truncate_metrics(run_id, step)
+            cat.update_run(run_id, status="running", step=step, error=None)
+        else:
+            cat.create_run(run_id, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers,
+                           method=cfg.method, config=record, total_steps=total_steps)
+
+    psi_all = None if data.teacher_features is None else torch.from_numpy(data.teacher_features)
+    beta = float(cfg.beta)
+    pending: list[tuple[int, str, float]] = []
+    started = time.perf_counter()
+    last_good = step
+
+    last_flush = time.monotonic()
+
+    def flush(**run_fields) -> str:
+        """Write pending metrics and progress; return the run's status (another party may ask to cancel)."""
+        nonlocal last_flush
+        with open_catalog() as cat:
+            cat.log_metrics(run_id, pending, step=step, **run_fields)
+            status = cat.get_run(run_id)["status"]
+        pending.clear()
+        last_flush = time.monotonic()
+        return status
+
+    def checkpoint() -> str:
+        nonlocal last_good
+        _save_checkpoint(ckpt_path, {
+            "student": student.state_dict(), "objective": objective.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "step": step,
+            "wall_seconds": wall_before + time.perf_counter() - started})
+        last_good = step
+        return flush(checkpoint=str(ckpt_path))
+
+    def finish(status: str, error: str | None = None, accuracy: float | None = None) -> TransferResult:
+        wall = wall_before + time.perf_counter() - started
+        flush(status=status, error=error, test_accuracy=accuracy, wall_seconds=wall)
+        return TransferResult(run_id, record, status, accuracy, step, wall)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} {cfg.student}", unit="step")
+    student.train()
+    objective.train()
+    correct = seen = 0
+    try:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            # One permutation per epoch from (seed, epoch): a resumed run sees the same batches.
+            perm = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(
+                cfg.seed * 100_003 + epoch)).numpy()
+            idx = perm[offset * batch_size:(offset + 1) * batch_size]
+            labels = torch.from_numpy(data.train_labels[idx]).to(device)
+            with _autocast(device):
+                logits, phi = student(student.preprocess(_take(data.train_inputs, idx), prompt))
+            ce = F.cross_entropy(logits.float(), labels)
+            # The regulariser compares kernels of whole batches: keep it in float32.
+            psi = None if psi_all is None else psi_all[idx].to(device)
+            reg = objective(phi.float(), psi) if objective.uses_teacher else phi.new_zeros(())
+            loss = ce + beta * reg
+            if not torch.isfinite(loss):
+                msg = (f"the loss became {loss.item()} at step {step + 1} (cross-entropy {ce.item():.4g}, "
+                       f"regulariser {reg.item():.4g}); lower --lr or --beta. The last good checkpoint "
+                       f"(step {last_good}) is kept")
+                finish("failed", error=msg)
+                raise TrainingDiverged(msg)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([*student.parameters(), *objective.parameters()], cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(idx)
+            if bar is not None:
+                bar.update(1)
+
+            metrics: dict[str, float] = {}
+            if step % cfg.log_every == 0 or step == total_steps:
+                metrics.update(loss=loss.item(), ce=ce.item(), reg=float(reg.detach()), lr=scheduler.get_last_lr()[0])
+            if step % cfg.eval_every == 0 or step == total_steps:
+                metrics["train_acc"] = correct / max(seen, 1)
+                metrics[f"{data.eval_name}_acc"] = evaluate(student, data.eval_inputs, data.eval_labels, prompt,
+                                                             batch_size, device)
+                correct = seen = 0
+                metrics.update(objective.weight_stats())
+                metrics.update(_per_teacher_weights(objective, data.teacher_slices))
+            if metrics:
+                pending.extend((step, k, v) for k, v in metrics.items())
+                if on_step is not None:
+                    on_step({"run_id": run_id, "step": step, "total_steps": total_steps, **metrics})
+            status = None
+            if step % cfg.checkpoint_every == 0 and step < total_steps:
+                status = checkpoint()
+            elif metrics and time.monotonic() - last_flush > cfg.flush_seconds:
+                # Opening the catalog costs tens of milliseconds: batch writes, not every logged step.
+                status = flush()
+            if step < total_steps and (status == "cancelling" or (cancel is not None and cancel.is_set())):
+                checkpoint()
+                finish("cancelled")
+                raise Cancelled(f"run {run_id} was cancelled at step {step}; resume it with "
+                                f"`aftzoo transfer --resume {run_id}`")
+    finally:
+        if bar is not None:
+            bar.close()
+    accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
+    checkpoint()
+    return finish("completed", accuracy=accuracy)
+
+
+def _per_teacher_weights(objective: Objective, slices: dict[str, list[int]]) -> dict[str, float]:
+    weights = getattr(objective, "weights", lambda: None)()
+    if weights is None or len(slices) < 2:
+        return {}
+    return {f"weight_mean/{t}": float(weights[a:b].mean()) for t, (a, b) in slices.items()}
+
+
+def _run_beta_auto(cfg: TransferConfig, *, progress: bool, cancel, on_step) -> TransferResult:
+    """Try each beta on a 10% hold-out of the training set, then retrain on all of it with the best."""
+    parent = _new_run_id(cfg)
+    with open_catalog() as cat:
+        cat.create_run(parent, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers, method=cfg.method,
+                       config={**cfg.to_dict(), "kind": "beta-auto"}, total_steps=None, status="running")
+    started = time.perf_counter()
+    trials = []
+    try:
+        for beta in cfg.beta_grid:
+            trial_cfg = dataclasses.replace(cfg, beta=float(beta), holdout_fraction=0.1, parent=parent)
+            res = _train(_new_run_id(trial_cfg), trial_cfg, resume=False, progress=progress, cancel=cancel,
+                         on_step=on_step)
+            trials.append({"run_id": res.run_id, "beta": float(beta), "holdout_accuracy": res.test_accuracy})
+        best = max(trials, key=lambda t: (t["holdout_accuracy"], -t["beta"]))
+        final_cfg = dataclasses.replace(cfg, beta=best["beta"], parent=parent)
+        final = _train(_new_run_id(final_cfg), final_cfg, resume=False, progress=progress, cancel=cancel,
+                       on_step=on_step)
+    except BaseException as exc:
+        with open_catalog() as cat:
+            cat.update_run(parent, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    wall = time.perf_counter() - started
+    summary = {**cfg.to_dict(), "kind": "beta-auto", "trials": trials, "chosen_beta": best["beta"],
+               "final_run": final.run_id}
+    with open_catalog() as cat:
+        cat.update_run(parent, status="completed", config=summary, test_accuracy=final.test_accuracy,
+                       wall_seconds=wall, step=final.steps)
+    return TransferResult(final.run_id, {**final.config, "chosen_beta": best["beta"], "beta_auto_run": parent},
+                          final.status, final.test_accuracy, final.steps, wall, trials=trials)
+
+
+def history(run_id: str):
+    """The run's metric history as a DataFrame (one row per logged step)."""
+    with open_catalog() as cat:
+        return cat.metrics(run_id)
+
+
+def list_runs():
+    with open_catalog() as cat:
+        df = cat.runs()
+    df["teachers"] = df["teachers"].map(lambda t: ",".join(json.loads(t)) if t else "")
+    return df
