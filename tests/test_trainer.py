@@ -139,7 +139,7 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_checkpoint(monkeypatch):
             return r * float("nan") if Explodes.calls > 10 else r
 
     monkeypatch.setitem(objectives.METHODS, "explodes", lambda ds, dt, **kw: Explodes(ds, dt))
-    with pytest.raises(TrainingDiverged, match=r"at step 11 .*last good checkpoint \(step 8\) is kept"):
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 11; .*last good checkpoint \(step 8\) is kept"):
         run(cfg(method="explodes"), progress=False)
     with open_catalog() as cat:
         row = cat.query("SELECT id, status, error, step FROM runs WHERE method = 'explodes'")[0]

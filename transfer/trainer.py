@@ -236,6 +236,28 @@ def evaluate(student: Student, inputs, labels: np.ndarray, prompt: str, batch_si
     return correct / len(labels)
 
 
+def train_step(student: Student, objective: Objective, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, batch, labels: torch.Tensor, psi: torch.Tensor | None, beta: float,
+               grad_clip: float, device: str) -> tuple[float, float, float, torch.Tensor] | None:
+    """One optimisation step on ``ce + beta * R``; returns (loss, ce, reg, logits), or None if the loss is not finite
+    (then nothing is updated)."""
+    with _autocast(device):
+        logits, phi = student(batch)
+    ce = F.cross_entropy(logits.float(), labels)
+    # The regulariser compares kernels of whole batches: keep it in float32.
+    reg = objective(phi.float(), psi) if objective.uses_teacher else phi.new_zeros(())
+    loss = ce + beta * reg
+    if not torch.isfinite(loss):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([*student.parameters(), *objective.parameters()], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item(), ce.item(), reg.item(), logits.detach()
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs: create, train, resume
 # ---------------------------------------------------------------------------------------------
@@ -397,25 +419,15 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
                 cfg.seed * 100_003 + epoch)).numpy()
             idx = perm[offset * batch_size:(offset + 1) * batch_size]
             labels = torch.from_numpy(data.train_labels[idx]).to(device)
-            with _autocast(device):
-                logits, phi = student(student.preprocess(_take(data.train_inputs, idx), prompt))
-            ce = F.cross_entropy(logits.float(), labels)
-            # The regulariser compares kernels of whole batches: keep it in float32.
             psi = None if psi_all is None else psi_all[idx].to(device)
-            reg = objective(phi.float(), psi) if objective.uses_teacher else phi.new_zeros(())
-            loss = ce + beta * reg
-            if not torch.isfinite(loss):
-                msg = (f"the loss became {loss.item()} at step {step + 1} (cross-entropy {ce.item():.4g}, "
-                       f"regulariser {reg.item():.4g}); lower --lr or --beta. The last good checkpoint "
-                       f"(step {last_good}) is kept")
+            out = train_step(student, objective, optimizer, scaler, student.preprocess(
+                _take(data.train_inputs, idx), prompt), labels, psi, beta, cfg.grad_clip, device)
+            if out is None:
+                msg = (f"the loss became non-finite at step {step + 1}; lower --lr or --beta. "
+                       f"The last good checkpoint (step {last_good}) is kept")
                 finish("failed", error=msg)
                 raise TrainingDiverged(msg)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([*student.parameters(), *objective.parameters()], cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss, ce, reg, logits = out
             scheduler.step()
             step += 1
             correct += int((logits.argmax(1) == labels).sum())
@@ -425,7 +437,7 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
 
             metrics: dict[str, float] = {}
             if step % cfg.log_every == 0 or step == total_steps:
-                metrics.update(loss=loss.item(), ce=ce.item(), reg=float(reg.detach()), lr=scheduler.get_last_lr()[0])
+                metrics.update(loss=loss, ce=ce, reg=reg, lr=scheduler.get_last_lr()[0])
             if step % cfg.eval_every == 0 or step == total_steps:
                 metrics["train_acc"] = correct / max(seen, 1)
                 metrics[f"{data.eval_name}_acc"] = evaluate(student, data.eval_inputs, data.eval_labels, prompt,

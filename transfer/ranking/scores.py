@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 
 __all__ = [
     "InvalidRankingInput",
@@ -38,10 +39,12 @@ __all__ = [
 
 # Stop MacKay's iteration when t = alpha/beta moves by less than this, relatively.
 # The evidence is stationary at the fixed point, so the score is accurate to
-# roughly the square of this; the posterior weights only to about this itself,
-# which is why it is far tighter than the reference code's 1e-2 (11 iterations).
+# roughly the square of this, but the posterior weights only to about this
+# itself: hence far tighter than the reference code (at most 11 iterations).
 LOGME_TOL = 1e-8
-LOGME_MAX_ITER = 100
+LOGME_MAX_ITER = 1000
+# How far outside the spectrum t = alpha/beta must run before the boundary is taken.
+_EDGE = 1e-8
 
 
 class InvalidRankingInput(ValueError):
@@ -53,6 +56,11 @@ class InvalidRankingInput(ValueError):
 
 def _check_features(features, name: str = "features") -> np.ndarray:
     F = np.asarray(features)
+    if F.dtype == object:  # e.g. a list of Python numbers with a None in it
+        try:
+            F = F.astype(np.float64)
+        except (TypeError, ValueError):
+            raise InvalidRankingInput(f"{name} must be real numbers; got values that are not") from None
     if F.ndim != 2:
         raise InvalidRankingInput(
             f"{name} must be a 2-D array (n_samples, n_features); got an array of shape {F.shape}")
@@ -69,9 +77,15 @@ def _check_features(features, name: str = "features") -> np.ndarray:
     return F
 
 
+def _show(value) -> str:
+    """A label as the user wrote it: 3 or 'cat', not np.int64(3) or np.str_('cat')."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _check_n_samples(n_rows: int, n_labels: int, name: str = "features") -> None:
     if n_rows != n_labels:
-        raise InvalidRankingInput(f"{name} and labels must have the same length; got {n_rows} rows and {n_labels} labels")
+        raise InvalidRankingInput(
+            f"{name} and labels must have the same length; got {n_rows} rows and {n_labels} labels")
     if n_rows < 2:
         raise InvalidRankingInput(f"need at least 2 samples; got {n_rows}")
 
@@ -88,7 +102,7 @@ def _encode_labels(labels, name: str = "labels") -> tuple[np.ndarray, np.ndarray
             raise InvalidRankingInput(f"{name} must not contain NaN or infinite values")
         if (y != np.round(y)).any():
             raise InvalidRankingInput(
-                f"{name} look continuous (non-integer floats such as {y[y != np.round(y)][0]!r}); "
+                f"{name} look continuous (non-integer floats such as {_show(y[y != np.round(y)][0])}); "
                 "class labels must be integers or strings (for a regression target use regression=True)")
     elif y.dtype.kind not in "biuUSO":
         raise InvalidRankingInput(f"{name} must be integers or strings; got dtype {y.dtype}")
@@ -114,18 +128,22 @@ def check_features_labels(features, labels) -> tuple[np.ndarray, np.ndarray, np.
     y, values = _encode_labels(labels)
     _check_n_samples(F.shape[0], y.shape[0])
     if values.size < 2:
-        raise InvalidRankingInput(f"labels must contain at least 2 classes; got a single class {values[0]!r}")
+        raise InvalidRankingInput(f"labels must contain at least 2 classes; got a single class {_show(values[0])}")
     return F, y, values
 
 
 def _check_regression(features, targets) -> tuple[np.ndarray, np.ndarray]:
+    """(F, Y) float64 with Y (N, K) for LogME's regression mode; same checks as check_features_labels."""
     F = _check_features(features)
-    Y = _check_features(np.asarray(targets).reshape(len(targets), -1) if np.ndim(targets) == 1 else targets,
-                        name="regression targets")
+    Y = np.asarray(targets)
+    if Y.ndim not in (1, 2):
+        raise InvalidRankingInput(
+            f"regression targets must be a 1-D (n_samples,) or 2-D (n_samples, n_targets) array; got shape {Y.shape}")
+    Y = _check_features(Y[:, None] if Y.ndim == 1 else Y, name="regression targets")
     _check_n_samples(F.shape[0], Y.shape[0])
     zero = np.flatnonzero(~Y.any(axis=0))
     if zero.size:
-        # y = 0 is explained by alpha -> inf, beta -> inf: the evidence is unbounded.
+        # y = 0 is fitted exactly by w = 0 with noise precision beta -> inf: the evidence is unbounded.
         raise InvalidRankingInput(f"regression target column {int(zero[0])} is all zeros; LogME is unbounded for it")
     return F, Y
 
@@ -140,22 +158,57 @@ def _svd(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return scipy.linalg.svd(F, full_matrices=False, check_finite=False, lapack_driver="gesvd")
 
 
-def _mackay_fixed_point(s2: np.ndarray, z: np.ndarray, delta: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _profile(u: np.ndarray, s2: np.ndarray, z2: np.ndarray, delta: np.ndarray, n: int) -> np.ndarray:
+    """Log evidence at t = exp(u) with beta at its best for that t, up to a constant: only for comparing t's.
+
+    log N(y | 0, (I + F F^T / t) / beta) maximised over beta is
+    -N/2 log(sum z_i^2 t/(t + s_i^2) + delta) - 1/2 sum log(1 + s_i^2/t) + const;
+    its stationary points in t are exactly MacKay's fixed points.
+    """
+    t = np.exp(u)
+    fit = (z2 * (t / (t + s2[:, None]))).sum(axis=0) + delta
+    return -n / 2 * np.log(fit) - 0.5 * np.log1p(s2[:, None] / t).sum(axis=0)
+
+
+def _mackay_fixed_point(s2: np.ndarray, z: np.ndarray, delta: np.ndarray, n: int):
     """MacKay's updates for all C targets at once (Algorithm 3 of You et al., vectorised).
 
-    ``s2`` (r,) squared singular values, ``z`` (r, C) = U^T Y, ``delta`` (C,) the
-    part of ||y||^2 outside the column space of F. Both updates depend on
+    ``s2`` (r,) positive squared singular values, ``z`` (r, C) = U^T Y, ``delta``
+    (C,) the part of ||y||^2 outside the column space of F. Both updates depend on
     (alpha, beta) only through t = alpha/beta, so only t is iterated; each target
-    stops on its own once t settles, which makes the result identical to running
-    the targets one by one.
+    stops on its own, when one plain MacKay step moves t by less than LOGME_TOL
+    relatively, so the result is MacKay's fixed point whatever the path. The
+    start is the best point of a coarse scan over t (``_best_start``).
+
+    The map converges linearly and, for features that barely beat noise, with a
+    rate near 1 (thousands of steps). Every third step therefore extrapolates
+    log t with Aitken's delta-squared from the last three plain steps, kept only
+    where it raises the evidence (``_extrapolate``); this only changes where the
+    next plain step starts, never the stopping test.
+
+    Returns ``(alpha, beta, edge)``; ``edge`` is 0 for an interior maximum, -1
+    where t -> 0 (beta -> inf) and +1 where t -> inf (alpha -> inf): the evidence
+    then has no interior maximum and its supremum is the limit.
     """
     C = z.shape[1]
     z2 = z * z
-    t = np.ones(C)  # alpha = beta = 1, as in the paper
-    alpha, beta = np.ones(C), np.ones(C)
-    active = np.arange(C)
-    for n_iter in range(1, LOGME_MAX_ITER + 1):
-        ta = t[active]
+    yy = z2.sum(axis=0) + delta
+    alpha, beta, edge = np.ones(C), np.ones(C), np.zeros(C, dtype=np.int64)
+    # A target with no component along any feature direction (all-zero features,
+    # say) has an evidence that does not depend on alpha: it is the alpha -> inf value.
+    edge[~(s2[:, None] * z2).any(axis=0)] = 1
+    # Far outside [s_min^2, s_max^2] the map is t' = c t (1 + O(t/s_min^2) or
+    # O(s_max^2/t)), so a t still moving outward there keeps going geometrically
+    # to the boundary: stop and take the limit. t -> 0 needs y wholly inside the
+    # column space (delta = 0, only when N <= D).
+    low, high = (_EDGE * s2.min(), s2.max() / _EDGE) if s2.size else (1.0, 1.0)
+    bounds = (math.log(low) - 1.0, math.log(high) + 1.0)
+    active = np.flatnonzero(edge == 0)
+    u = np.zeros(C)  # log t
+    u[active] = _best_start(s2, z2[:, active], delta[active], n, bounds)
+    hist = np.zeros((2, C))  # the two previous plain iterates of log t
+    for step in range(LOGME_MAX_ITER):
+        ta = np.exp(u[active])
         shrink = 1.0 / (ta + s2[:, None])  # (r, A)
         gamma = (s2[:, None] * shrink).sum(axis=0)
         mm = (s2[:, None] * z2[:, active] * shrink**2).sum(axis=0)
@@ -163,47 +216,123 @@ def _mackay_fixed_point(s2: np.ndarray, z: np.ndarray, delta: np.ndarray, n: int
         alpha[active] = gamma / mm
         beta[active] = (n - gamma) / res
         t_new = alpha[active] / beta[active]
-        moved = np.abs(t_new - ta) > LOGME_TOL * ta
-        t[active] = t_new
+        to_zero = (t_new < low) & (t_new < ta) & (delta[active] == 0)
+        to_inf = (t_new > high) & (t_new > ta)
+        edge[active[to_zero]], edge[active[to_inf]] = -1, 1
+        moved = (np.abs(t_new - ta) > LOGME_TOL * ta) & ~to_zero & ~to_inf
+        u[active] = np.log(t_new)
         active = active[moved]
         if active.size == 0:
             break
+        if step % 3 == 2:
+            u[active] = _extrapolate(hist[0, active], hist[1, active], u[active], s2, z2[:, active],
+                                     delta[active], n, bounds)
+        hist[0, active], hist[1, active] = hist[1, active], u[active]
     else:
         from sklearn.exceptions import ConvergenceWarning
 
         warnings.warn(f"LogME: MacKay's iteration did not converge in {LOGME_MAX_ITER} iterations for "
                       f"{active.size} of {C} targets; their scores are the last iterate's", ConvergenceWarning,
-                      stacklevel=3)
-    return alpha, beta, n_iter
+                      stacklevel=4)
+    # The limits on the two boundaries (derivation in _logme_targets).
+    lower, upper = edge == -1, edge == 1
+    alpha[lower] = n / (z2[:, lower] / s2[:, None]).sum(axis=0)
+    beta[lower] = np.inf
+    alpha[upper] = np.inf
+    beta[upper] = n / yy[upper]
+    return alpha, beta, edge
 
 
-def _logme_targets(F: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-target log evidence / N (C,) and posterior means m (C, D) for targets Y (N, C)."""
+def _best_start(s2, z2, delta, n, bounds):
+    """log t to start MacKay's iteration from: the best of t = 1 (the paper's alpha = beta = 1)
+    and a grid over the whole range of t, one point per factor e.
+
+    The evidence can have more than one maximum in t (typically one towards
+    interpolation, t -> 0, when N <= D, and one towards t -> inf), and the fixed
+    point reached depends on the start; the grid makes it the highest one. Where
+    the maximum is unique, as usual, this changes nothing but the path.
+    """
+    best_u = np.zeros(z2.shape[1])
+    best = _profile(best_u, s2, z2, delta, n)
+    for point in np.arange(bounds[0], bounds[1] + 1.0, 1.0):
+        value = _profile(np.full_like(best_u, point), s2, z2, delta, n)
+        better = value > best
+        best_u, best = np.where(better, point, best_u), np.where(better, value, best)
+    return best_u
+
+
+def _extrapolate(u0, u1, u2, s2, z2, delta, n, bounds):
+    """A better start than u2 for the next MacKay step, from the plain iterates u0 -> u1 -> u2 of log t.
+
+    Aitken's delta-squared gives where the iteration is heading: u2 + d2 rho / (1 - rho)
+    with steps d1, d2 and ratio rho = d2 / d1 < 1; with rho >= 1 t is speeding
+    towards a boundary, so head for the boundary threshold. Far from the fixed
+    point either can overshoot, so the points 2^-k of the way there (k < 12) are
+    tried too and the one with the highest evidence kept, u2 itself if none beats it.
+    """
+    d1, d2 = u1 - u0, u2 - u1
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rho = d2 / d1
+        ahead = u2 + d2 * rho / (1.0 - rho)
+    ahead = np.where(rho >= 1.0, np.where(d2 > 0, bounds[1], bounds[0]), ahead)
+    ahead = np.clip(np.where(np.isfinite(ahead), ahead, u2), *bounds)
+    best_u, best = u2, _profile(u2, s2, z2, delta, n)
+    for k in range(12):
+        trial = u2 + (ahead - u2) * 2.0**-k
+        value = _profile(trial, s2, z2, delta, n)
+        better = value > best
+        best_u, best = np.where(better, trial, best_u), np.where(better, value, best)
+    return best_u
+
+
+def _logme_targets(F: np.ndarray, Y) -> tuple[np.ndarray, np.ndarray]:
+    """Per-target log evidence / N (C,) and posterior means m (C, D) for targets Y (N, C).
+
+    Y is dense, or a sparse one-hot matrix for classes: then U^T Y is a sum of
+    rows of U per class, O(N min(N, D)) whatever C, and no N x C array is built.
+    """
     n, d = F.shape
     U, s, Vt = _svd(F)
-    r = s.size  # min(N, D); singular values that are numerically 0 are harmless below
-    s2 = s * s
-    z = U.T @ Y  # the one O(N r C) product, shared by all targets
-    if r == n:  # U is square and orthogonal: y lies wholly in the column space
-        delta = np.zeros(Y.shape[1])
+    z = np.asarray((Y.T @ U).T)  # U^T Y, the one product with N rows, shared by all targets
+    # Directions with s_i = 0 exactly behave like the orthogonal complement: fold
+    # them into delta. (Tiny nonzero s_i need nothing special.)
+    kept = s > 0
+    if s.size == n:  # U is square and orthogonal: y lies wholly in its columns
+        delta = (z[~kept] ** 2).sum(axis=0)
     else:
-        delta = np.maximum(np.einsum("ij,ij->j", Y, Y) - np.einsum("ij,ij->j", z, z), 0.0)
-    if not (s2[:, None] * z * z).any(axis=0).all():
-        raise InvalidRankingInput("features carry no signal for at least one target (e.g. all-zero features); "
-                                  "LogME's evidence is maximised only in the limit alpha -> inf")
-    alpha, beta, _ = _mackay_fixed_point(s2, z, delta, n)
+        yy = np.asarray(Y.multiply(Y).sum(axis=0)).ravel() if scipy.sparse.issparse(Y) else np.einsum("ij,ij->j", Y, Y)
+        delta = yy - (z[kept] ** 2).sum(axis=0)
+        # When y is nearly in the column space the subtraction loses the digits
+        # that matter; measure those residuals directly.
+        close = np.flatnonzero(delta <= 1e-6 * yy)
+        if close.size:
+            near = Y[:, close].toarray() if scipy.sparse.issparse(Y) else Y[:, close]
+            delta[close] = ((near - U[:, kept] @ z[np.ix_(kept, close)]) ** 2).sum(axis=0)
+    s, z, Vt = s[kept], z[kept], Vt[kept]
+    r, s2 = s.size, s * s
+    alpha, beta, edge = _mackay_fixed_point(s2, z, delta, n)
     # Evaluate Equation 2 at the final (alpha, beta) with m recomputed for them, so
     # every term belongs to the same point (the reference code mixes two iterates).
-    t = alpha / beta
-    shrink = 1.0 / (t + s2[:, None])
-    coef = s[:, None] * z * shrink  # V^T m, (r, C)
-    mm = (coef * coef).sum(axis=0)
-    res = (z * z * (t * shrink) ** 2).sum(axis=0) + delta
-    # D/2 log alpha - 1/2 sum_{i<=D} log(alpha + beta s_i^2): the D - r zero
-    # eigenvalues of F^T F cancel exactly against (D - r)/2 of the log alpha.
-    evidence = (n / 2 * np.log(beta) + r / 2 * np.log(alpha) - n / 2 * math.log(2 * math.pi)
-                - beta / 2 * res - alpha / 2 * mm
-                - 0.5 * np.log(alpha + beta * s2[:, None]).sum(axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):  # the edge columns are replaced below
+        t = np.where(edge == 0, alpha / beta, 0.0)
+        shrink = 1.0 / (t + s2[:, None])
+        coef = s[:, None] * z * shrink  # V^T m, (r, C); at t = 0 the minimum-norm interpolant
+        coef[:, edge == 1] = 0.0
+        mm = (coef * coef).sum(axis=0)
+        res = (z * z * (t * shrink) ** 2).sum(axis=0) + delta
+        # D/2 log alpha - 1/2 sum_{i<=D} log(alpha + beta s_i^2): the D - r zero
+        # eigenvalues of F^T F (N < D, or rank < D) cancel (D - r)/2 of the log alpha.
+        evidence = (n / 2 * np.log(beta) + r / 2 * np.log(alpha) - n / 2 * math.log(2 * math.pi)
+                    - beta / 2 * res - alpha / 2 * mm
+                    - 0.5 * np.log(alpha + beta * s2[:, None]).sum(axis=0))
+    # Limits of Equation 2 (= log N(y | 0, I/beta + F F^T/alpha)) on the boundary:
+    # beta -> inf (N <= D, y = F m exactly): log N(y | 0, F F^T/alpha) at its best
+    #   alpha = N / sum z_i^2/s_i^2, i.e. -N/2 log 2pi + N/2 log alpha - 1/2 sum log s_i^2 - N/2;
+    # alpha -> inf (m = 0): log N(y | 0, I/beta) at beta = N/||y||^2.
+    lower, upper = edge == -1, edge == 1
+    evidence[lower] = (-n / 2 * math.log(2 * math.pi) + n / 2 * np.log(alpha[lower])
+                       - 0.5 * np.log(s2).sum() - n / 2)
+    evidence[upper] = n / 2 * np.log(beta[upper]) - n / 2 * math.log(2 * math.pi) - n / 2
     return evidence / n, (Vt.T @ coef).T
 
 
@@ -213,10 +342,11 @@ def logme(features, labels, *, regression: bool = False, return_weights: bool = 
     You, Liu, Wang, Long, "LogME: Practical Assessment of Pre-trained Models for
     Transfer Learning", ICML 2021. For each class c the one-vs-rest target
     y_c in {0, 1}^N (with ``regression=True``: each column of a float target,
-    1-D or 2-D) is modelled as y = F w + e, w ~ N(0, alpha^-1 I), e ~ N(0, beta^-1 I).
-    (alpha, beta) maximise the evidence p(y | F, alpha, beta) by MacKay's fixed
-    point (gamma = sum beta s_i^2 / (alpha + beta s_i^2), alpha = gamma / m^T m,
-    beta = (N - gamma) / ||F m - y||^2, from alpha = beta = 1) and
+    1-D or 2-D) is modelled as y = F w + e, w ~ N(0, alpha^-1 I), e ~ N(0, beta^-1 I),
+    and (alpha, beta) maximise the evidence p(y | F, alpha, beta) by MacKay's
+    fixed point: gamma = sum beta s_i^2 / (alpha + beta s_i^2), alpha = gamma / m^T m,
+    beta = (N - gamma) / ||F m - y||^2, with s_i the singular values of F, until
+    alpha/beta moves by less than 1e-8 relatively. Then
 
         L = N/2 log beta + D/2 log alpha - N/2 log 2 pi - beta/2 ||F m - y||^2
             - alpha/2 m^T m - 1/2 log det(alpha I + beta F^T F).
@@ -224,14 +354,21 @@ def logme(features, labels, *, regression: bool = False, return_weights: bool = 
     Returns mean_c L_c / N (float), or ``(score, weights)`` with ``weights`` the
     (C, D) posterior means m_c in the original feature space. No centring and no
     intercept, as in the paper. One SVD of F serves every target, so the cost is
-    O(N D min(N, D) + N min(N, D) C) whatever the number of classes.
+    O(N D min(N, D)) plus O(N min(N, D) C) for regression targets.
+
+    Where this differs from the paper's code, it is to return the maximum it
+    defines: the iteration starts from the best point of a coarse scan over
+    alpha/beta rather than from alpha = beta = 1 (the same answer whenever the
+    evidence has one maximum; the higher one when it has two, which happens
+    with N < D); and where the evidence only approaches its supremum on a
+    boundary -- alpha -> inf (features no better than noise for that target) or
+    beta -> inf (N <= D and y interpolated exactly) -- the limit is returned.
     """
     if regression:
         F, Y = _check_regression(features, labels)
     else:
         F, y, values = check_features_labels(features, labels)
-        Y = np.zeros((y.size, values.size))
-        Y[np.arange(y.size), y] = 1.0
+        Y = scipy.sparse.csr_array((np.ones(y.size), (np.arange(y.size), y)), shape=(y.size, values.size))
     per_target, weights = _logme_targets(F, Y)
     score = float(per_target.mean())
     return (score, weights) if return_weights else score
@@ -252,7 +389,8 @@ def nce(source_labels, target_labels) -> float:
     y, values = _encode_labels(target_labels, name="target_labels")
     _check_n_samples(z.size, y.size, name="source_labels")
     if values.size < 2:
-        raise InvalidRankingInput(f"target_labels must contain at least 2 classes; got a single class {values[0]!r}")
+        raise InvalidRankingInput(
+            f"target_labels must contain at least 2 classes; got a single class {_show(values[0])}")
     joint = np.zeros((z.max() + 1, values.size))
     np.add.at(joint, (z, y), 1.0)
     joint /= z.size
@@ -336,7 +474,7 @@ def probe_accuracy(features, labels, folds: int = 5, seed: int = 0) -> float:
     if smallest < folds:
         raise InvalidRankingInput(
             f"every class needs at least folds={folds} examples for stratified {folds}-fold cross-validation; "
-            f"class {values[np.bincount(y).argmin()]!r} has {smallest}")
+            f"class {_show(values[np.bincount(y).argmin()])} has {smallest}")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     cv = StratifiedKFold(n_splits=int(folds), shuffle=True, random_state=seed)
     return float(cross_val_score(probe, F, y, cv=cv, scoring="accuracy").mean())
