@@ -8,6 +8,7 @@ from transfer.ranking.scores import (
     nce,
     probe_accuracy,
 )
+from transfer.ranking.rank import METRICS, history, rank, source_classifier
 
 __all__ = [
     "InvalidRankingInput",
@@ -17,4 +18,8 @@ __all__ = [
     "logme",
     "nce",
     "probe_accuracy",
+    "METRICS",
+    "history",
+    "rank",
+    "source_classifier",
 ]
