@@ -1,0 +1,300 @@
+"""The HTTP server for real: uvicorn on a loopback port, called with httpx and tritonclient.http."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.serve import build_server, create_app, load_models, warn_if_exposed
+from tests.conftest import REPO
+from tests.test_export import exported
+from transfer import runtime
+from zoo.datasets import load_dataset
+
+MAX_BODY = 1 << 20
+MAX_BATCH = 8
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bomb() -> str:
+    """A PNG of a few kilobytes that decodes to 81 million pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def models():
+    image, text = exported("image"), exported("text")
+    return {"image": image["name"], "text": text["name"], "image_dir": image["path"], "text_dir": text["path"]}
+
+
+@pytest.fixture(scope="module")
+def local(models):
+    """The same exports loaded in-process: what the server must answer."""
+    return {"image": runtime.load_export(models["image_dir"]), "text": runtime.load_export(models["text_dir"])}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    app = create_app([models["image_dir"], models["text_dir"]], max_body_bytes=MAX_BODY, max_batch=MAX_BATCH)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    srv = build_server(app, "127.0.0.1", port, log_level="warning", access_log=False)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield f"127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=15)
+    assert not thread.is_alive(), "the server did not stop"
+    sock.close()
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=f"http://{server}", timeout=30) as client:
+        yield client
+
+
+def _still_serving(http, models) -> None:
+    assert http.get("/v2/health/live").status_code == 200
+    r = http.post(f"/v1/models/{models['text']}/predict", json={"texts": ["fine"], "top_k": 1})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]) == 1
+
+
+def test_health_metadata_and_openapi(http, models):
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").status_code == 200
+    assert http.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
+    meta = http.get(f"/v2/models/{models['image']}").json()
+    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["1"]
+    assert {k: meta["inputs"][0][k] for k in ("name", "datatype", "shape")} == {
+        "name": "input", "datatype": "BYTES", "shape": [-1]}
+    outputs = {o["name"]: o for o in meta["outputs"]}
+    assert outputs["probabilities"] == {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}
+    assert outputs["labels"]["datatype"] == "BYTES"
+    assert meta["parameters"]["provider"] == "CPUExecutionProvider" and meta["parameters"]["max_batch_size"] == 8
+    assert http.get(f"/v2/models/{models['text']}/ready").json()["ready"] is True
+    assert http.get(f"/v2/models/{models['text']}/versions/1").json()["name"] == models["text"]
+    assert http.get(f"/v2/models/{models['text']}/versions/7").status_code == 404
+    spec = http.get("/openapi.json").json()
+    assert {"/v2/models/{name}/infer", "/v1/models/{name}/predict", "/v1/models"} <= set(spec["paths"])
+    assert {"InferRequest", "PredictRequest", "InferResponse", "PredictResponse"} <= set(spec["components"]["schemas"])
+    listed = http.get("/v1/models").json()["models"]
+    assert {m["name"]: m["modality"] for m in listed} == {models["image"]: "image", models["text"]: "text"}
+
+
+def test_v1_predict_texts_and_images(http, models, local):
+    texts = ["A gorgeous, witty film.", "Flat, dull and far too long."]
+    r = http.post(f"/v1/models/{models['text']}/predict", json={"texts": texts, "top_k": 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == models["text"] and body["provider"] == "CPUExecutionProvider"
+    expected = local["text"].predict(texts, top_k=1)
+    assert [p[0]["label"] for p in body["predictions"]] == [p[0]["label"] for p in expected]
+    assert body["predictions"][0][0]["probability"] == pytest.approx(expected[0][0]["probability"], abs=1e-5)
+
+    images = load_dataset("digits").split("test").inputs[:3]
+    payload = [base64.b64encode(_png(a)).decode() for a in images]
+    r = http.post(f"/v1/models/{models['image']}/predict", json={"images": payload, "top_k": 3})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    expected = local["image"].predict(images, top_k=3)
+    assert [[t["label"] for t in p] for p in got] == [[t["label"] for t in p] for p in expected]
+    probs = np.array([[t["probability"] for t in p] for p in got])
+    np.testing.assert_allclose(probs, [[t["probability"] for t in p] for p in expected], atol=1e-5)
+
+
+def test_tritonclient_speaks_to_it(server, models, local):
+    tc = pytest.importorskip("tritonclient.http")
+    client = tc.InferenceServerClient(server)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(models["text"]) and not client.is_model_ready("nope")
+        meta = client.get_model_metadata(models["text"])
+        assert meta["inputs"][0]["datatype"] == "BYTES" and meta["platform"] == "onnxruntime_onnx"
+
+        texts = ["A gorgeous, witty film.", "Flat, dull and far too long.", "fine"]
+        want = local["text"].logits(texts)
+        for binary in (False, True):
+            inp = tc.InferInput("input", [len(texts)], "BYTES")
+            inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_), binary_data=binary)
+            outs = [tc.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "labels", "logits")]
+            res = client.infer(models["text"], [inp], outputs=outs, parameters={"top_k": 1})
+            np.testing.assert_allclose(res.as_numpy("logits"), want, atol=1e-4)
+            probs = res.as_numpy("probabilities")
+            assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+            labels = res.as_numpy("labels")
+            assert labels.shape == (3, 1)
+            assert [x.decode() if isinstance(x, bytes) else x for x in labels[:, 0]] == \
+                [local["text"].class_names[i] for i in want.argmax(1)]
+        # Triton's classification extension: "score:index:label".
+        inp = tc.InferInput("input", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([b"great"], dtype=np.object_), binary_data=False)
+        res = client.infer(models["text"], [inp], outputs=[tc.InferRequestedOutput("probabilities", class_count=2)])
+        top = res.as_numpy("probabilities")[0, 0]
+        score, index, label = (top.decode() if isinstance(top, bytes) else top).split(":")
+        assert 0.5 <= float(score) <= 1 and local["text"].class_names[int(index)] == label
+
+        images = load_dataset("digits").split("test").inputs[:2]
+        want = local["image"].logits(images)
+        raw = [_png(a) for a in images]
+        for binary in (False, True):
+            inp = tc.InferInput("input", [2], "BYTES")
+            data = raw if binary else [base64.b64encode(b) for b in raw]
+            inp.set_data_from_numpy(np.array(data, dtype=np.object_), binary_data=binary)
+            res = client.infer(models["image"], [inp], model_version="1")  # no outputs named: all, binary
+            np.testing.assert_allclose(res.as_numpy("logits"), want, atol=1e-4)
+            assert res.as_numpy("scores").shape == (2, 5) and res.as_numpy("labels").shape == (2, 5)
+    finally:
+        client.close()
+
+
+def test_v2_json_infer_with_plain_http(http, models, local):
+    body = {"id": "r1", "inputs": [{"name": "input", "shape": [2, 1], "datatype": "BYTES", "data": [["good"], ["bad"]]}],
+            "outputs": [{"name": "scores", "parameters": {"top_k": 2}}, {"name": "labels"}], "parameters": {"top_k": 1}}
+    r = http.post(f"/v2/models/{models['text']}/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "r1" and out["model_name"] == models["text"]
+    scores, labels = out["outputs"]
+    assert scores["shape"] == [2, 2] and len(scores["data"]) == 4 and labels["shape"] == [2, 1]
+
+
+@pytest.mark.parametrize("case", ["malformed_json", "v2_malformed_json", "wrong_datatype", "wrong_type", "oversized",
+                                  "too_many", "unknown_model", "bad_base64", "not_an_image", "wrong_field",
+                                  "unknown_output", "shape_mismatch", "bad_top_k", "empty", "image_bomb"])
+def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(http, models, case):
+    text, image = models["text"], models["image"]
+    v1 = f"/v1/models/{text}/predict"
+    v2 = f"/v2/models/{text}/infer"
+    tensor = {"name": "input", "shape": [1], "datatype": "BYTES", "data": ["x"]}
+    status, path, kwargs, words = {
+        "malformed_json": (400, v1, {"content": b'{"texts": ["a"'}, "malformed JSON"),
+        "v2_malformed_json": (400, v2, {"content": b"{inputs: nope}"}, "malformed JSON"),
+        "wrong_datatype": (400, v2, {"json": {"inputs": [{**tensor, "datatype": "FP32", "data": [1.0]}]}},
+                           "must be BYTES"),
+        "wrong_type": (400, v1, {"json": {"texts": [1, 2]}}, "must be a string"),
+        "oversized": (413, v1, {"json": {"texts": ["x" * (MAX_BODY + 10)]}}, "larger than the limit"),
+        "too_many": (400, v1, {"json": {"texts": ["x"] * (MAX_BATCH + 1)}}, "the limit is 8"),
+        "unknown_model": (404, "/v1/models/nope/predict", {"json": {"texts": ["x"]}}, "models served here"),
+        "bad_base64": (400, f"/v1/models/{image}/predict", {"json": {"images": ["%%%not base64%%%"]}}, "base64"),
+        "not_an_image": (400, f"/v2/models/{image}/infer",
+                         {"json": {"inputs": [{**tensor, "data": [base64.b64encode(b"hello").decode()]}]}},
+                         "cannot decode an image"),
+        "wrong_field": (400, v1, {"json": {"images": ["aGk="]}}, "takes texts, not images"),
+        "unknown_output": (400, v2, {"json": {"inputs": [tensor], "outputs": [{"name": "embedding"}]}},
+                           "unknown output"),
+        "shape_mismatch": (400, v2, {"json": {"inputs": [{**tensor, "shape": [3]}]}}, "says 3 elements"),
+        "bad_top_k": (400, v1, {"json": {"texts": ["x"], "top_k": "three"}}, "top_k must be a whole number"),
+        "empty": (400, v1, {"json": {"texts": []}}, "no inputs"),
+        "image_bomb": (400, f"/v1/models/{image}/predict", None, "larger than the limit"),
+    }[case]
+    if case == "image_bomb":
+        kwargs = {"json": {"images": [_bomb()]}}
+    r = http.post(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    if case == "unknown_model":
+        assert text in r.json()["error"] and image in r.json()["error"]
+    _still_serving(http, models)
+
+
+def test_micro_batching_gives_the_same_answers(models, local):
+    app = create_app([models["text_dir"]], batch_window_ms=50, max_batch=MAX_BATCH)
+    served = app.state.models[models["text"]]
+    texts = [f"review number {i}: " + "good " * (i % 5) for i in range(12)]
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            rs = await asyncio.gather(*[client.post(f"/v1/models/{models['text']}/predict",
+                                                    json={"texts": [t], "top_k": 2}) for t in texts])
+        await served.batcher.stop()
+        return rs
+
+    responses = asyncio.run(go())
+    assert all(r.status_code == 200 for r in responses)
+    got = np.array([[p["probability"] for p in sorted(r.json()["predictions"][0], key=lambda p: p["index"])]
+                    for r in responses])
+    want = np.array([[p["probability"] for p in sorted(x[0], key=lambda p: p["index"])]
+                     for x in (local["text"].predict([t], top_k=2) for t in texts)])
+    np.testing.assert_allclose(got, want, atol=1e-4)  # padded to the batch's longest text: same logits
+    assert served.batcher.rows == 12 and served.batcher.calls < 12
+
+
+def test_default_discovery_skips_exports_that_fail_their_check(tmp_path, models, monkeypatch, capsys):
+    root = tmp_path / "exports"
+    shutil.copytree(models["image_dir"], root / "good")
+    shutil.copytree(models["image_dir"], root / "bad")
+    with open(root / "bad" / "classes.json", "a") as f:
+        f.write(" ")
+    (root / "good" / "manifest.json").write_text(
+        json.dumps({**json.loads((root / "good" / "manifest.json").read_text()), "name": "good"}))
+    monkeypatch.setattr(runtime, "exports_root", lambda: root)
+    loaded = load_models(None)
+    assert [m.folder.name for m in loaded] == ["good"]
+    assert "skipping" in capsys.readouterr().err
+    with pytest.raises(runtime.TamperedExport):
+        load_models([root / "bad"])
+
+
+def test_warns_when_bound_beyond_loopback(capsys):
+    warn_if_exposed("127.0.0.1")
+    assert capsys.readouterr().err == ""
+    warn_if_exposed("0.0.0.0")
+    assert "reachable from other machines" in capsys.readouterr().err
+
+
+def test_serve_command_runs_without_torch_and_stops_cleanly(models):
+    code = ("import sys; sys.modules['torch'] = None; from app.cli import main; "
+            f"main(['serve', {models['text_dir']!r}, '--port', '0', '--log-level', 'warning'])")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            cwd=REPO, env={**os.environ})
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        lines = []
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("listening on http://127.0.0.1:"):
+                port = int(line.split(":")[2].split()[0])
+        assert port, "".join(lines)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/models/{models['text']}/predict", json={"texts": ["nice"]})
+        assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] in ("fresh", "rotten")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, proc.stderr.read()
