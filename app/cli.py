@@ -118,6 +118,100 @@ def demo(limit: int = typer.Option(2000, help="Training snippets to use (test us
         console.print(result["summary"])
 
 
+def _fail_line(message: str, code: int = 1) -> None:
+    """``_fail`` that never wraps: one line on stderr, whatever the terminal width."""
+    err.print(f"[bold red]error:[/] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _human_count(n: Optional[int]) -> str:
+    if not n:
+        return "?"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+@app.command()
+def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or student (models usable as both match either)."),
+           modality: Optional[str] = typer.Option(None, "--modality", help="image or text."),
+           pattern: Optional[str] = typer.Option(None, "--pattern", help="fnmatch pattern on the name, e.g. 'dinov2*'."),
+           as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout.")) -> None:
+    """List the zoo's models: family, modality, role, size, feature dimension, and whether their weights are here."""
+    from zoo.registry import get, list_models, weights_status
+
+    try:
+        names = list_models(pattern, role=role, modality=modality)
+    except ValueError as exc:
+        _fail_line(str(exc))
+    rows = []
+    for name in names:
+        spec = get(name)
+        rows.append({"name": spec.name, "family": spec.family, "modality": spec.modality, "role": spec.role,
+                     "source": spec.source, "hub_id": spec.hub_id, "params": spec.params,
+                     "feature_dim": spec.feature_dim, "feature_rule": spec.feature_rule,
+                     "weights": weights_status(spec), "description": spec.description})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} models")
+    table.add_column("name", no_wrap=True)
+    for column in ("family", "modality", "role"):
+        table.add_column(column)
+    table.add_column("params", justify="right")
+    table.add_column("dim", justify="right")
+    table.add_column("weights here")
+    for r in rows:
+        table.add_row(r["name"], r["family"], r["modality"], r["role"], _human_count(r["params"]),
+                      str(r["feature_dim"] or "?"), f"[green]{r['weights']}[/]" if r["weights"] else "[red]no[/]")
+    console.print(table)
+    console.print("weights here: pack = offline pack, cache = local hub cache, folder = registered folder, "
+                  "random = trained from scratch, no = needs --weights DIR or AFTZOO_OFFLINE=0", highlight=False)
+
+
+@app.command()
+def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (see `aftzoo models`)."),
+            dataset: str = typer.Option(..., "--dataset", "-d", help="Data set name (see `aftzoo datasets`)."),
+            split: str = typer.Option("train", "--split", help="train, test or all."),
+            limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N examples of each split."),
+            batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per batch."),
+            weights: Optional[str] = typer.Option(None, "--weights", help="A local folder with the model's weights."),
+            device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (default: AFTZOO_DEVICE)."),
+            as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout, one object per split.")) -> None:
+    """Extract (or read from the cache) a model's features of a data set, indexed in the catalog."""
+    if split not in ("train", "test", "all"):
+        _fail_line(f"--split must be train, test or all; got {split!r}")
+    from zoo.extract import extract_splits
+
+    results = []
+    try:
+        results = [r.to_dict() for r in extract_splits(
+            model, dataset, ("train", "test") if split == "all" else (split,), limit=limit, batch_size=batch_size,
+            device=device, weights=weights, progress=not as_json)]
+    except KeyboardInterrupt:
+        _fail_line("interrupted; nothing was cached for the unfinished split", code=130)
+    except Exception as exc:  # a user-facing entry point: one clear line, no traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        _fail_line(message if type(exc).__name__ in ("UnknownModel", "UnknownDataset", "WeightsUnavailable",
+                                               "ModelLoadError", "PackMissing")
+              else f"{type(exc).__name__}: {message}")
+    if as_json:
+        _print_json(results)
+        return
+    for r in results:
+        how = "cache hit" if r["cached"] else f"computed on {r['device']} from {r['weights']}"
+        console.print(f"{r['model']} on {r['dataset']}/{r['split']}: {r['shape'][0]} x {r['shape'][1]} features, "
+                      f"{r['seconds']:.2f}s, {how}", highlight=False, soft_wrap=True)
+
+
+from app.serving_cli import export_cmd, predict_cmd, serve_cmd  # noqa: E402
+
+app.command("export")(export_cmd)
+app.command("predict")(predict_cmd)
+app.command("serve")(serve_cmd)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     app(args=argv)
 

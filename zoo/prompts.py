@@ -1,0 +1,76 @@
+"""Per-data-set input formats for language models (the AFT paper, Appendix A.2).
+
+Each template names its fields in braces. A data set whose examples are plain strings
+fills the template's first field; an example given as a dict fills fields by name, one
+given as a tuple or list fills them in order. Data sets with no entry use ``"{text}"``,
+the text as it is.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+DEFAULT_PROMPT = "{text}"
+
+# Appendix A.2, verbatim apart from typographic quotes (straight quotes here) and the
+# stray space the text dump left after each line break.
+PROMPTS: dict[str, str] = {
+    "imdb": "{review} Overall, the sentiment of my review is",
+    "boolq": "Question: {question}\nReference: {passage}\nAnswer:",
+    "mnli": "Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis? Answer:",
+    "sst2": 'Review: "{sentence}"\nSentiment:',
+    "mrpc": "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nIs Sentence 1 equivalent to Sentence 2? Answer:",
+    "qqp": "Question 1: {question1}\nQuestion 2: {question2}\nAre Question 1 and Question 2 equivalent? Answer:",
+    "qnli": "Question: {question}\nSentence: {sentence}\nDoes the sentence answer the question? Answer:",
+    "rte": "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nDoes Sentence 1 entail Sentence 2? Answer:",
+    # Not in the paper: Rotten Tomatoes snippets are the sentences SST-2 was built from,
+    # so they get SST-2's sentiment prompt.
+    "rotten_tomatoes": 'Review: "{sentence}"\nSentiment:',
+}
+# Other spellings of the same data sets.
+_ALIASES = {"sst-2": "sst2", "sst": "sst2", "glue/sst2": "sst2", "super_glue/boolq": "boolq", "glue/mnli": "mnli",
+            "glue/mrpc": "mrpc", "glue/qqp": "qqp", "glue/qnli": "qnli", "glue/rte": "rte",
+            "rotten-tomatoes": "rotten_tomatoes", "stanfordnlp/imdb": "imdb"}
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def prompt_for(dataset: str | None) -> str:
+    """The template for ``dataset`` (by name, case-insensitive), or ``"{text}"``."""
+    if not dataset:
+        return DEFAULT_PROMPT
+    key = dataset.lower()
+    return PROMPTS.get(_ALIASES.get(key, key), DEFAULT_PROMPT)
+
+
+def fields(template: str) -> list[str]:
+    """The field names of ``template``, in order of first appearance."""
+    seen: list[str] = []
+    for name in _FIELD.findall(template):
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def format_prompt(template: str, example: Any) -> str:
+    """``example`` (a string, a dict of fields or a tuple of fields) written into ``template``.
+
+    Only ``{name}`` fields are substituted, so braces inside the texts are left alone.
+    """
+    names = fields(template)
+    if isinstance(example, str):
+        values = {names[0]: example} if names else {}
+    elif isinstance(example, Mapping):
+        values = {k: str(v) for k, v in example.items()}
+    elif isinstance(example, Sequence):
+        if len(example) != len(names):
+            raise ValueError(f"the prompt {template!r} has {len(names)} fields ({', '.join(names)}); "
+                             f"the example has {len(example)} parts")
+        values = dict(zip(names, map(str, example)))
+    else:
+        values = {names[0]: str(example)} if names else {}
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ValueError(f"the prompt {template!r} needs the field(s) {', '.join(missing)}; "
+                         f"the example has {', '.join(values) or 'none'}")
+    return _FIELD.sub(lambda m: values[m.group(1)], template)
