@@ -1,38 +1,23 @@
 """The ``aftzoo`` command line: thin commands over the library."""
 from __future__ import annotations
 
-import json
-import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from app.output import console, err, fail, print_json
 from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="aftzoo: rank a zoo of foundation models and transfer them into small students.")
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
 @app.callback()
 def _main() -> None:
     # The hub clients read their offline variables at import time: set them before anything imports them.
     try:
         get_settings()
     except SettingsError as exc:
-        _fail(str(exc), code=2)
+        fail(str(exc), code=2)
 
 
 @app.command()
@@ -42,7 +27,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="One JSON object o
 
     rep = report()
     if as_json:
-        _print_json(rep)
+        print_json(rep)
     else:
         console.print(f"[bold]aftzoo {rep['versions']['aftzoo']}[/] on {rep['platform']}")
         console.print("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items() if v))
@@ -78,7 +63,7 @@ def datasets(as_json: bool = typer.Option(False, "--json", help="A JSON list on 
 
     rows = [describe(name) for name in list_datasets()]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("name", "modality", "train", "test", "classes", "fingerprint (train)", "description")
     for r in rows:
@@ -111,17 +96,11 @@ def demo(limit: int = typer.Option(2000, help="Training snippets to use (test us
     try:
         result = run_demo(limit=limit, progress=not as_json)
     except Exception as exc:  # the demo is a user-facing entry point: one clear line, no traceback
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         console.print(result["summary"])
-
-
-def _fail_line(message: str, code: int = 1) -> None:
-    """``_fail`` that never wraps: one line on stderr, whatever the terminal width."""
-    err.print(f"[bold red]error:[/] {' '.join(message.split())}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _human_count(n: Optional[int]) -> str:
@@ -144,7 +123,7 @@ def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or s
     try:
         names = list_models(pattern, role=role, modality=modality)
     except ValueError as exc:
-        _fail_line(str(exc))
+        fail(str(exc))
     rows = []
     for name in names:
         spec = get(name)
@@ -153,7 +132,7 @@ def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or s
                      "feature_dim": spec.feature_dim, "feature_rule": spec.feature_rule,
                      "weights": weights_status(spec), "description": spec.description})
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=f"{len(rows)} models")
     table.add_column("name", no_wrap=True)
@@ -181,7 +160,7 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
             as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout, one object per split.")) -> None:
     """Extract (or read from the cache) a model's features of a data set, indexed in the catalog."""
     if split not in ("train", "test", "all"):
-        _fail_line(f"--split must be train, test or all; got {split!r}")
+        fail(f"--split must be train, test or all; got {split!r}")
     from zoo.extract import extract_splits
 
     results = []
@@ -190,14 +169,14 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
             model, dataset, ("train", "test") if split == "all" else (split,), limit=limit, batch_size=batch_size,
             device=device, weights=weights, progress=not as_json)]
     except KeyboardInterrupt:
-        _fail_line("interrupted; nothing was cached for the unfinished split", code=130)
+        fail("interrupted; nothing was cached for the unfinished split", code=130)
     except Exception as exc:  # a user-facing entry point: one clear line, no traceback
         message = " ".join(str(exc).split()) or type(exc).__name__
-        _fail_line(message if type(exc).__name__ in ("UnknownModel", "UnknownDataset", "WeightsUnavailable",
+        fail(message if type(exc).__name__ in ("UnknownModel", "UnknownDataset", "WeightsUnavailable",
                                                "ModelLoadError", "PackMissing")
               else f"{type(exc).__name__}: {message}")
     if as_json:
-        _print_json(results)
+        print_json(results)
         return
     for r in results:
         how = "cache hit" if r["cached"] else f"computed on {r['device']} from {r['weights']}"
@@ -205,8 +184,14 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
                       f"{r['seconds']:.2f}s, {how}", highlight=False, soft_wrap=True)
 
 
+# Commands kept in their own modules; the serving ones must not import torch (predict runs without it).
 from app.serving_cli import export_cmd, predict_cmd, serve_cmd  # noqa: E402
+from app.transfer_cli import cancel_cmd, rank_cmd, runs_cmd, transfer_cmd  # noqa: E402
 
+app.command("rank")(rank_cmd)
+app.command("transfer")(transfer_cmd)
+app.command("runs")(runs_cmd)
+app.command("cancel")(cancel_cmd)
 app.command("export")(export_cmd)
 app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)

@@ -5,21 +5,12 @@ Pillow, tokenizers, FastAPI): they work where torch is not installed. ``export``
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    raise typer.Exit(code)
-
-
-def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+from app.output import fail, print_json
 
 
 def export_cmd(
@@ -38,11 +29,11 @@ def export_cmd(
         result = export_run(run, out=out, opset=opset, quantize=quantize, parity_examples=parity_examples,
                             eval_limit=eval_limit)
     except ExportFailed as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:  # a user-facing entry point: one clear line
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         p = result["parity"]
         size = sum(f["bytes"] for f in result["files"].values())
@@ -73,7 +64,7 @@ def predict_cmd(
     from transfer import runtime
 
     if top_k < 1:
-        _fail(f"--top-k must be at least 1; got {top_k}")
+        fail(f"--top-k must be at least 1; got {top_k}")
     try:
         model = runtime.load_export(export_dir, providers=provider)
         if model.modality == "text":
@@ -91,11 +82,11 @@ def predict_cmd(
         for start in range(0, len(items), 64):
             predictions.extend(model.predict(items[start:start + 64], top_k=top_k))
     except (runtime.ExportError, runtime.InputError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     if as_json:
-        _print_json({"model": model.name, "export": str(model.folder), "provider": model.provider,
+        print_json({"model": model.name, "export": str(model.folder), "provider": model.provider,
                      "modality": model.modality, "run_id": model.manifest.get("run_id"),
                      "predictions": [{"input": label, "top_k": top} for label, top in zip(labels, predictions)]})
         return
@@ -125,7 +116,7 @@ def serve_cmd(
     from transfer import runtime
 
     if max_batch < 1 or max_body_mb <= 0 or not 0 <= port <= 65535:
-        _fail("--max-batch and --max-body-mb must be positive, --port in 0..65535")
+        fail("--max-batch and --max-body-mb must be positive, --port in 0..65535")
 
     def ready(app, bound_host, bound_port):
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -139,4 +130,4 @@ def serve_cmd(
               max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch, batch_window_ms=batch_window_ms,
               providers=provider, intra_op_threads=threads, spinning=spinning, max_concurrency=concurrency)
     except (runtime.ExportError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))

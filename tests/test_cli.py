@@ -66,3 +66,37 @@ def test_demo_extracts_then_reads_the_cache(home):
     assert second["probe_accuracy"] == a["probe_accuracy"]
     with Catalog(home / "catalog.duckdb") as cat:
         assert cat.query("SELECT count(*) AS n FROM feature_sets WHERE model = 'minilm-l6'")[0]["n"] == 2
+
+
+def test_transfer_runs_and_rank_commands(home):
+    import zoo
+    from zoo.models import random_spec
+
+    # persist=True records the spec in the catalog, so the CLI's own process finds it.
+    zoo.register(random_spec("resnet", name="cli-tiny-resnet", hub_id="test_resnet", image_size=32),
+                 overwrite=True, persist=True)
+    out = run_cli("transfer", "--dataset", "digits", "--student", "cli-tiny-resnet", "--method", "stl",
+                  "--steps", "6", "--lr", "0.01", "--batch-size", "32", "--limit-train", "96", "--limit-test", "48",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["status"] == "completed" and result["steps"] == 6 and 0 <= result["test_accuracy"] <= 1
+    assert result["config"]["student"] == "cli-tiny-resnet" and result["wall_seconds"] > 0
+    listed = json.loads(run_cli("runs", "--json").stdout)
+    assert result["run_id"] in {r["id"] for r in listed}
+
+    ranked = run_cli("rank", "--dataset", "digits", "--models", "efficientnet-lite0", "--metrics", "logme,probe",
+                     "--limit", "100", "--json")
+    assert ranked.returncode == 0, ranked.stderr
+    (row,) = json.loads(ranked.stdout)
+    assert row["model"] == "efficientnet-lite0" and row["logme"] > 0 and row["probe"] > 0.5
+
+
+def test_transfer_command_errors_are_one_line(home):
+    bad_beta = run_cli("transfer", "--dataset", "digits", "--student", "resnet18-small", "--beta", "lots")
+    assert bad_beta.returncode == 2 and "--beta must be a number or 'auto'" in bad_beta.stderr
+    unknown = run_cli("transfer", "--dataset", "digits", "--student", "resnet18-small", "--method", "distill")
+    assert unknown.returncode == 1 and "choose one of: stl, aft" in unknown.stderr
+    assert "Traceback" not in unknown.stderr + bad_beta.stderr
+    missing = run_cli("transfer", "--resume", "no-such-run")
+    assert missing.returncode == 1 and "no run 'no-such-run'" in missing.stderr

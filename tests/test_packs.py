@@ -1,5 +1,4 @@
 """The offline packs load for real and give real outputs."""
-import numpy as np
 import pytest
 import torch
 

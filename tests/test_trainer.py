@@ -6,7 +6,6 @@ import sys
 import textwrap
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,6 @@ import zoo
 from storage.catalog import open_catalog
 from transfer import objectives, trainer
 from transfer.trainer import Cancelled, TransferConfig, TransferError, TrainingDiverged, history, resume, run
-from zoo.models import random_spec
 
 STUDENT = "test-tiny-resnet"
 REGISTER = (f"import zoo; from zoo.models import random_spec; "
@@ -125,8 +123,8 @@ def test_beta_auto_records_every_trial():
         summary = cat.get_run(parent)
     assert len(children) == 3 and all(c["status"] == "completed" for c in children)
     assert summary["status"] == "completed" and len(summary["config"]["trials"]) == 2
-    trial = cat_config = [c for c in children if c["id"] == result.trials[0]["run_id"]][0]
-    assert '"holdout_fraction": 0.1' in trial["config"] and cat_config
+    trial = [c for c in children if c["id"] == result.trials[0]["run_id"]][0]
+    assert '"holdout_fraction": 0.1' in trial["config"]
 
 
 def test_nan_loss_stops_clearly_and_keeps_the_last_checkpoint(monkeypatch):

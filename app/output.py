@@ -1,0 +1,21 @@
+"""How the CLI talks: rich tables for people, one JSON document for programs, one line per error."""
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One clear line on stderr and a non-zero exit; never a traceback."""
+    err.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
