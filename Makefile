@@ -20,5 +20,10 @@ install:
 install-test:
 	VENV=$(VENV) scripts/install.sh --test
 
+# Each benchmark prints its ratio against a baseline measured in the same run.
 bench: install
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.bench_logme
+	$(PY) -m benchmarks.bench_extract
+	$(PY) -m benchmarks.bench_train_step
+	$(PY) -m benchmarks.bench_serve
+	$(PY) -m benchmarks.bench_student_teacher

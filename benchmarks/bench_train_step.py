@@ -40,7 +40,7 @@ def main() -> None:
 
     setups = {}
     for method in ("stl", "aft"):
-        student = build_student(args.student, 10, pretrained=False, device=device).train()
+        student = build_student(args.student, 10, device=device).train()
         objective = make_objective(method, student.feature_dim, args.teacher_dim).to(device)
         opt = torch.optim.Adam([{"params": list(student.parameters()), "lr": 1e-3},
                                 {"params": list(objective.parameters()), "lr": 1e-2}])

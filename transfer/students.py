@@ -43,6 +43,9 @@ def build_student(model: str | ModelSpec, num_classes: int, *, pretrained: bool 
     """
     spec = get(model)
     if not pretrained and not spec.random_init:
+        if spec.source in ("pack", "local", "sentence-transformers"):
+            raise ValueError(f"{spec.name} takes its architecture from its weights folder, so it cannot start "
+                             "from scratch here; drop --from-scratch or choose a timm student")
         spec = spec.replace(random_init=True, seed=seed)
     torch.manual_seed(seed)  # the head, and a random backbone, start the same for a given seed
     student = Student(load(spec, device=device), num_classes)
