@@ -24,7 +24,7 @@ from zoo.datasets import load_dataset
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--student", default="resnet18-small")
+    ap.add_argument("--student", default="resnet18-small", help="an image student (the batch is digits images)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--teacher-dim", type=int, default=1280, help="width of the teacher features (Lite0: 1280)")
     ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
