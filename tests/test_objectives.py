@@ -91,11 +91,11 @@ def test_kd_known_values():
     kd = make_objective("kd", 4, 4)
     with torch.no_grad():
         kd.map.weight.copy_(torch.eye(4))
-    assert float(kd(phi, phi)) == pytest.approx(0.0, abs=1e-12)
+    assert kd(phi, phi).item() == pytest.approx(0.0, abs=1e-12)
     with torch.no_grad():
         kd.map.weight.zero_()
     psi = torch.randn(10, 4)
-    assert float(kd(phi, psi)) == pytest.approx(float((psi ** 2).mean()), rel=1e-6)
+    assert kd(phi, psi).item() == pytest.approx(float((psi ** 2).mean()), rel=1e-6)
 
 
 def test_no_kernel_ablation_known_value():
@@ -103,14 +103,14 @@ def test_no_kernel_ablation_known_value():
     with torch.no_grad():
         nk.map.weight.zero_()
     phi = torch.randn(12, 3)
-    assert float(nk(phi, torch.randn(12, 5))) == pytest.approx(float(((phi - phi.mean(0)) ** 2).mean()), rel=1e-5)
+    assert nk(phi, torch.randn(12, 5)).item() == pytest.approx(float(((phi - phi.mean(0)) ** 2).mean()), rel=1e-5)
 
 
 def test_rkd_is_zero_for_a_scaled_copy_and_positive_otherwise():
     psi = torch.randn(12, 6)
     rkd = make_objective("rkd", 6, 6)
-    assert float(rkd(3.0 * psi, psi)) == pytest.approx(0.0, abs=1e-6)
-    assert float(rkd(torch.randn(12, 6), psi)) > 0.01
+    assert rkd(3.0 * psi, psi).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd(torch.randn(12, 6), psi).item() > 0.01
 
 
 def test_factor_transfer_starts_at_the_teacher_l1_norm():
@@ -118,7 +118,7 @@ def test_factor_transfer_starts_at_the_teacher_l1_norm():
     ft = make_objective("ft", 4, 6)
     assert isinstance(ft, FactorTransfer)
     expected = torch.nn.functional.normalize(psi, dim=1).abs().sum(1).mean()
-    assert float(ft(phi, psi)) == pytest.approx(float(expected), rel=1e-6)
+    assert ft(phi, psi).item() == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_btuning_known_value_and_teacher_mixing():
@@ -128,7 +128,7 @@ def test_btuning_known_value_and_teacher_mixing():
                  teacher_slices=[(0, 2), (2, 5)])
     w = torch.softmax(torch.tensor([0.0, 10.0]) / 0.1, 0)
     target = w[0] * psi[:, :2] @ m_0.T + w[1] * psi[:, 2:] @ m_1.T
-    assert float(bt(phi, psi)) == pytest.approx(float(((phi @ m_s.T - target) ** 2).mean()), rel=1e-5)
+    assert bt(phi, psi).item() == pytest.approx(float(((phi @ m_s.T - target) ** 2).mean()), rel=1e-5)
     assert float(w[1]) > 0.999  # a much better LogME score takes nearly all the weight
 
 
