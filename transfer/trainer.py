@@ -390,13 +390,16 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
 
     def checkpoint() -> str:
         nonlocal last_good
+        # Metrics first, then the file: a kill in between resumes from the previous checkpoint and
+        # drops the metrics logged after it, so the history never has a gap.
+        status = flush(checkpoint=str(ckpt_path))
         _save_checkpoint(ckpt_path, {
             "student": student.state_dict(), "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "torch_rng": torch.get_rng_state(), "step": step,
             "wall_seconds": wall_before + time.perf_counter() - started})
         last_good = step
-        return flush(checkpoint=str(ckpt_path))
+        return status
 
     def finish(status: str, error: str | None = None, accuracy: float | None = None) -> TransferResult:
         wall = wall_before + time.perf_counter() - started
