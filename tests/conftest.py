@@ -40,6 +40,17 @@ def home(tmp_path, monkeypatch):
     reset_settings()
 
 
+@pytest.fixture
+def clean_registry():
+    """Models a test registers are forgotten after it."""
+    from zoo import registry
+
+    saved = dict(registry._USER)
+    yield
+    registry._USER.clear()
+    registry._USER.update(saved)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
     """Run the installed ``aftzoo`` console script in a subprocess, as a user would."""
     import subprocess

@@ -16,7 +16,6 @@ import torch
 
 import zoo
 from storage.catalog import open_catalog
-from storage.settings import reset_settings
 from zoo import registry
 from zoo.datasets import Dataset, Split
 from zoo.models import WeightsUnavailable, build_random, last_token_index, load
@@ -26,18 +25,8 @@ extract_module = importlib.import_module("zoo.extract")  # `zoo.extract` itself 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """A throw-away AFTZOO_HOME, offline, and a registry restored after each test."""
-    monkeypatch.setenv("AFTZOO_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AFTZOO_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    reset_settings()
-    saved = dict(registry._USER)
-    yield tmp_path / "home"
-    registry._USER.clear()
-    registry._USER.update(saved)
-    reset_settings()
+# A throw-away AFTZOO_HOME (offline, as every test session is) and a registry restored after each test.
+pytestmark = pytest.mark.usefixtures("home", "clean_registry")
 
 
 def _images(n=5, size=20, seed=0, rgb=False):

@@ -14,18 +14,8 @@ from zoo.prompts import DEFAULT_PROMPT, format_prompt, prompt_for
 from zoo.registry import ModelSpec, UnknownModel, WeightsUnavailable, resolve_weights, weights_status
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """A throw-away AFTZOO_HOME, offline, and a registry restored after each test."""
-    monkeypatch.setenv("AFTZOO_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AFTZOO_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    reset_settings()
-    saved = dict(registry._USER)
-    yield tmp_path / "home"
-    registry._USER.clear()
-    registry._USER.update(saved)
-    reset_settings()
+# A throw-away AFTZOO_HOME (offline, as every test session is) and a registry restored after each test.
+pytestmark = pytest.mark.usefixtures("home", "clean_registry")
 
 
 PAPER_ZOO = {
