@@ -22,8 +22,9 @@ folder whose files changed (``TamperedExport``). Preprocessing repeats the stude
   longest text of the batch; a text too long for the prompt is cut (not the prompt's ending),
   as ``TextFeatureModel`` does.
 
-This module imports only numpy, Pillow, ``tokenizers`` and onnxruntime (each when first
-needed), so ``aftzoo predict`` and ``aftzoo serve`` work where torch is not installed.
+This module imports numpy, Pillow, ``tokenizers`` and onnxruntime (each when first needed)
+and shares the prompt rules of ``zoo.prompts`` (no torch there either), so ``aftzoo predict``
+and ``aftzoo serve`` work where torch is not installed.
 """
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ import hashlib
 import io
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from zoo.prompts import DEFAULT_PROMPT, fields, fit_prompt, format_prompt
 
 FORMAT = "aftzoo-export"
 FORMAT_VERSION = 1
@@ -48,7 +50,6 @@ PREPROCESS_FILE = "preprocess.json"
 CLASSES_FILE = "classes.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
-DEFAULT_PROMPT = "{text}"
 MAX_PIXELS = 40_000_000  # decoded images beyond this are refused (a small PNG can inflate to gigabytes)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -292,38 +293,6 @@ class ImagePreprocessor:
 # ---------------------------------------------------------------------------------------------
 # Texts
 # ---------------------------------------------------------------------------------------------
-_FIELD = re.compile(r"\{(\w+)\}")
-
-
-def prompt_fields(template: str) -> list[str]:
-    seen: list[str] = []
-    for name in _FIELD.findall(template):
-        if name not in seen:
-            seen.append(name)
-    return seen
-
-
-def format_prompt(template: str, example: Any) -> str:
-    """``example`` (a string, a mapping of fields or a sequence of fields) in ``template`` (as ``zoo.prompts``)."""
-    names = prompt_fields(template)
-    if isinstance(example, str):
-        values = {names[0]: example} if names else {}
-    elif isinstance(example, Mapping):
-        values = {str(k): str(v) for k, v in example.items()}
-    elif isinstance(example, Sequence):
-        if len(example) != len(names):
-            raise InputError(f"the prompt {template!r} has {len(names)} fields ({', '.join(names)}); "
-                             f"the example has {len(example)} parts")
-        values = dict(zip(names, map(str, example)))
-    else:
-        values = {names[0]: str(example)} if names else {}
-    missing = [n for n in names if n not in values]
-    if missing:
-        raise InputError(f"the prompt {template!r} needs the field(s) {', '.join(missing)}; "
-                         f"the example has {', '.join(values) or 'none'}")
-    return _FIELD.sub(lambda m: values[m.group(1)], template)
-
-
 def _clean_up_tokenization(text: str) -> str:
     for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
                  (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
@@ -359,26 +328,8 @@ class TextPreprocessor:
         return _clean_up_tokenization(text) if self.clean_up else text
 
     def _fit(self, example, prompt: str) -> list[int]:
-        names = prompt_fields(prompt)
-        if isinstance(example, str):
-            parts = {names[0] if names else "text": example}
-        elif isinstance(example, Mapping):
-            parts = dict(example)
-        else:
-            parts = dict(zip(names, example))
-        longest = max(parts, key=lambda k: len(str(parts[k])))
-        text_ids = self._ids(str(parts[longest]), special=False)
-        keep = len(text_ids)
-        for _ in range(6):
-            excess = len(self._ids(format_prompt(prompt, parts))) - self.max_length
-            if excess <= 0:
-                break
-            keep = max(keep - excess - 1, 0)
-            parts[longest] = self._decode(text_ids[:keep])
-        ids = self._ids(format_prompt(prompt, parts))
-        if len(ids) > self.max_length:
-            ids = self._cut.encode(format_prompt(prompt, parts)).ids
-        return ids
+        return fit_prompt(example, prompt, self.max_length, self._ids, self._decode,
+                          lambda text: self._cut.encode(text).ids)
 
     def _pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
         width = max(len(r) for r in rows)
@@ -402,7 +353,10 @@ class TextPreprocessor:
                 raise InputError(f"a text input must be a string; got {type(t).__name__}")
         prompt = self.prompt
         texts = [t.lower() if self.lowercase and isinstance(t, str) else t for t in texts]
-        formatted = [format_prompt(prompt, t) for t in texts]
+        try:
+            formatted = [format_prompt(prompt, t) for t in texts]
+        except ValueError as exc:  # an example that does not fit the prompt's fields
+            raise InputError(str(exc)) from None
         truncate = prompt.rstrip().endswith("}")
         tok = self._cut if truncate else self._plain
         rows = [e.ids for e in tok.encode_batch(formatted)]
@@ -487,7 +441,7 @@ class ExportedModel:
     @property
     def text_fields(self) -> list[str]:
         """The prompt's fields (text models): one for plain texts, several for pairs (premise, hypothesis...)."""
-        return prompt_fields(self.preprocess_config.get("prompt") or DEFAULT_PROMPT) if self.modality == "text" else []
+        return fields(self.preprocess_config.get("prompt") or DEFAULT_PROMPT) if self.modality == "text" else []
 
     def parse_text(self, item: str):
         """A text input; for a prompt with several fields, a JSON object naming them (``{"premise": ...}``)."""

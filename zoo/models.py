@@ -36,7 +36,7 @@ from torch import nn
 
 from storage.settings import get_settings, resolve_device
 from zoo import packs
-from zoo.prompts import DEFAULT_PROMPT, fields, format_prompt
+from zoo.prompts import DEFAULT_PROMPT, fit_prompt, format_prompt
 from zoo.registry import (IMAGENET_MEAN, IMAGENET_STD, ModelSpec, WeightsSource, WeightsUnavailable,  # noqa: F401
                           get, inspect_folder, library, resolve_weights, weights_status)
 
@@ -161,27 +161,9 @@ class TextFeatureModel(FeatureModel):
         return self.tokenizer(text, add_special_tokens=special, truncation=False, verbose=False)["input_ids"]
 
     def _fit(self, example, prompt: str) -> list[int]:
-        """Token ids of ``example`` in ``prompt``, cutting the example's longest field (not the prompt) to fit."""
-        names = fields(prompt)
-        if isinstance(example, str):
-            parts = {names[0] if names else "text": example}
-        elif isinstance(example, dict):
-            parts = dict(example)
-        else:
-            parts = dict(zip(names, example))
-        longest = max(parts, key=lambda k: len(str(parts[k])))
-        text_ids = self._ids(str(parts[longest]), special=False)
-        keep = len(text_ids)
-        for _ in range(6):
-            excess = len(self._ids(format_prompt(prompt, parts))) - self.max_length
-            if excess <= 0:
-                break
-            keep = max(keep - excess - 1, 0)
-            parts[longest] = self.tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
-        ids = self._ids(format_prompt(prompt, parts))
-        if len(ids) > self.max_length:  # the prompt alone is too long: plain truncation
-            ids = self.tokenizer(format_prompt(prompt, parts), truncation=True, max_length=self.max_length)["input_ids"]
-        return ids
+        return fit_prompt(example, prompt, self.max_length, self._ids,
+                          lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                          lambda text: self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
 
     def preprocess(self, inputs: Sequence, prompt: str = DEFAULT_PROMPT) -> dict[str, torch.Tensor]:
         if isinstance(inputs, str):

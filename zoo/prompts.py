@@ -8,7 +8,7 @@ the text as it is.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 DEFAULT_PROMPT = "{text}"
 
@@ -74,3 +74,34 @@ def format_prompt(template: str, example: Any) -> str:
         raise ValueError(f"the prompt {template!r} needs the field(s) {', '.join(missing)}; "
                          f"the example has {', '.join(values) or 'none'}")
     return _FIELD.sub(lambda m: values[m.group(1)], template)
+
+
+def fit_prompt(example: Any, template: str, max_length: int, encode: Callable[[str, bool], list[int]],
+               decode: Callable[[list[int]], str], encode_truncated: Callable[[str], list[int]]) -> list[int]:
+    """Token ids of ``example`` in ``template``, at most ``max_length`` of them.
+
+    The example's longest field is cut, never the template, so a prompt's closing words
+    (", Sentiment:") survive a long review. ``encode(text, special_tokens)``, ``decode(ids)``
+    and ``encode_truncated(text)`` come from the tokenizer in use: the Hugging Face one when
+    training, the ``tokenizers`` one in the torch-free runtime, so both cut identically.
+    """
+    names = fields(template)
+    if isinstance(example, str):
+        parts = {names[0] if names else "text": example}
+    elif isinstance(example, Mapping):
+        parts = dict(example)
+    else:
+        parts = dict(zip(names, example))
+    longest = max(parts, key=lambda k: len(str(parts[k])))
+    text_ids = encode(str(parts[longest]), False)
+    keep = len(text_ids)
+    for _ in range(6):  # decoding can re-tokenise differently: a few passes converge
+        excess = len(encode(format_prompt(template, parts), True)) - max_length
+        if excess <= 0:
+            break
+        keep = max(keep - excess - 1, 0)
+        parts[longest] = decode(text_ids[:keep])
+    ids = encode(format_prompt(template, parts), True)
+    if len(ids) > max_length:  # the template alone is too long: plain truncation
+        ids = encode_truncated(format_prompt(template, parts))
+    return ids
