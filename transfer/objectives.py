@@ -18,7 +18,6 @@ from transfer.aft import EPS, aft_loss, kernel_distance
 class Objective(nn.Module):
     """R = 0: fine-tune the student alone (STL). The base of every other objective."""
 
-    name = "stl"
     uses_teacher = False
 
     def forward(self, phi: torch.Tensor, psi: torch.Tensor | None) -> torch.Tensor:
@@ -36,7 +35,6 @@ class AFT(Objective):
     ``kernel="rbf"`` swaps the linear kernel for an RBF one (the "RBF" ablation).
     """
 
-    name = "aft"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int, *, kernel: str = "linear", learn_weights: bool = True):
@@ -64,7 +62,6 @@ class AFT(Objective):
 class AFTDense(Objective):
     """Ablation: a dense d_t x d_t map (initialised at the identity) instead of a diagonal."""
 
-    name = "aft_dense"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int):
@@ -79,7 +76,6 @@ class AFTDense(Objective):
 class AFTNoKernel(Objective):
     """Ablation (the paper's Eq. 6): a learned linear map teacher -> student on centred features, MSE."""
 
-    name = "aft_nokernel"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int):
@@ -95,7 +91,6 @@ class AFTNoKernel(Objective):
 class KD(Objective):
     """Feature distillation: a learned linear map student -> teacher, R = mean((V phi - psi)^2)."""
 
-    name = "kd"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int):
@@ -130,7 +125,6 @@ def _rkd_angle(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
 class RKD(Objective):
     """Relational KD (Park et al. 2019): (distance loss + 2 x angle loss) / 2; no learned parameters."""
 
-    name = "rkd"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int):
@@ -145,7 +139,6 @@ class FactorTransfer(Objective):
     """Factor transfer (Kim et al. 2018): a 3-layer MLP student -> teacher, last layer zero-initialised,
     R = mean L1 distance between the L2-normalised outputs and teacher features."""
 
-    name = "ft"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int, hidden: int | None = None):
@@ -169,7 +162,6 @@ class BTuning(Objective):
     of psi belong to teacher k. R = mean((phi m_s^T - sum_k w_k psi_k m_k^T)^2).
     """
 
-    name = "btune"
     uses_teacher = True
 
     def __init__(self, student_dim: int, teacher_dim: int, *, student_weights: torch.Tensor,
@@ -209,6 +201,4 @@ def make_objective(method: str, student_dim: int, teacher_dim: int, **kwargs) ->
     """Build the objective ``method`` for the given feature widths; unknown names list the valid ones."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    objective = METHODS[method](student_dim, teacher_dim, **kwargs)
-    objective.name = method
-    return objective
+    return METHODS[method](student_dim, teacher_dim, **kwargs)

@@ -414,12 +414,14 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
     student.train()
     objective.train()
     correct = seen = 0
+    perm_epoch, perm = -1, None
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            # One permutation per epoch from (seed, epoch): a resumed run sees the same batches.
-            perm = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(
-                cfg.seed * 100_003 + epoch)).numpy()
+            if epoch != perm_epoch:
+                # One permutation per epoch from (seed, epoch): a resumed run sees the same batches.
+                perm_epoch, perm = epoch, torch.randperm(len(data.train_labels), generator=torch.Generator(
+                    ).manual_seed(cfg.seed * 100_003 + epoch)).numpy()
             idx = perm[offset * batch_size:(offset + 1) * batch_size]
             labels = torch.from_numpy(data.train_labels[idx]).to(device)
             psi = None if psi_all is None else psi_all[idx].to(device)
