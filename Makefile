@@ -6,7 +6,7 @@ export AFTZOO_OFFLINE ?= 1
 .PHONY: app test test-slow install install-test bench
 
 app: install
-	$(VENV)/bin/aftzoo demo
+	$(VENV)/bin/aftzoo app
 
 test: install-test
 	$(PY) -m pytest -q

@@ -103,6 +103,21 @@ def demo(limit: int = typer.Option(2000, help="Training snippets to use (test us
         console.print(result["summary"])
 
 
+@app.command("app")
+def app_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; other than loopback is reachable "
+                                     "by others (set AFTZOO_APP_USER and AFTZOO_APP_PASSWORD for a login)."),
+            port: int = typer.Option(7860, "--port", help="Port to listen on.")) -> None:
+    """Start the web app: data, teacher rankings, transfer jobs, runs, export and try."""
+    from app.web import launch
+
+    try:
+        launch(host, port)
+    except (OSError, ValueError) as exc:  # port taken, half-set login
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
 def _human_count(n: Optional[int]) -> str:
     if not n:
         return "?"
@@ -185,6 +200,7 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
 
 
 # Commands kept in their own modules; the serving ones must not import torch (predict runs without it).
+from app.data_cli import add_dataset_cmd, remove_dataset_cmd
 from app.serving_cli import export_cmd, predict_cmd, serve_cmd  # noqa: E402
 from app.transfer_cli import cancel_cmd, rank_cmd, runs_cmd, transfer_cmd  # noqa: E402
 
@@ -195,6 +211,8 @@ app.command("cancel")(cancel_cmd)
 app.command("export")(export_cmd)
 app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)
+app.command("add-dataset")(add_dataset_cmd)
+app.command("remove-dataset")(remove_dataset_cmd)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -11,20 +11,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import numpy as np
 import torch
-
-
-def _best_of(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -37,6 +26,7 @@ def main() -> None:
 
     os.environ.setdefault("AFTZOO_HOME", tempfile.mkdtemp(prefix="aftzoo-bench-"))
     from transfer.export import export_run
+    from transfer.latency import seconds_per_input
     from transfer.runtime import load_export
     from transfer.students import build_student
     from transfer.trainer import TransferConfig, run
@@ -57,17 +47,13 @@ def main() -> None:
         teacher = load(teacher_name).eval()
         student = build_student(student_name, data.num_classes).eval()
 
-        def batches(fn):
-            def go():
-                for i in range(0, args.n, args.batch):
-                    chunk = inputs[i:i + args.batch]
-                    fn(list(chunk) if isinstance(chunk, list) else chunk)
-            return go
+        def time_of(fn):
+            return seconds_per_input(fn, inputs, args.batch) * args.n
 
         with torch.inference_mode():
-            t_teacher = _best_of(batches(lambda x: teacher.forward_features(teacher.preprocess(x, prompt))))
-            t_student = _best_of(batches(lambda x: student(student.preprocess(x, prompt))))
-        t_onnx = _best_of(batches(lambda x: exported.logits(x)))
+            t_teacher = time_of(lambda x: teacher.forward_features(teacher.preprocess(x, prompt)))
+            t_student = time_of(lambda x: student(student.preprocess(x, prompt)))
+        t_onnx = time_of(exported.logits)
         p_t = sum(p.numel() for p in teacher.parameters())
         p_s = sum(p.numel() for p in student.parameters())
         print(f"\n{dataset}: teacher {teacher_name} ({p_t / 1e6:.1f}M params) vs student {student_name} "

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,8 @@ class Settings(BaseSettings):
                         kept apart so a throw-away home can share one unpacked copy.
     ``AFTZOO_DEVICE``   ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     ``AFTZOO_OFFLINE``  ``1`` (default) never touches a model hub; ``0`` allows downloads.
+    ``AFTZOO_JOBS``     transfer jobs the app runs at once (the rest wait in its queue).
+    ``AFTZOO_APP_USER``, ``AFTZOO_APP_PASSWORD``  turn on the app's login (both or neither).
     """
 
     model_config = SettingsConfigDict(env_prefix="AFTZOO_", extra="ignore")
@@ -31,6 +33,9 @@ class Settings(BaseSettings):
     packs: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     offline: bool = True
+    jobs: int = Field(default=1, ge=1, le=64)
+    app_user: str | None = None
+    app_password: SecretStr | None = None
 
     @property
     def packs_dir(self) -> Path:
@@ -65,7 +70,10 @@ def get_settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"AFTZOO_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+        def shown(e) -> str:  # never echo a secret back into a log
+            return "'***'" if "password" in "_".join(map(str, e["loc"])) else repr(e.get("input"))
+
+        problems = "; ".join(f"AFTZOO_{'_'.join(map(str, e['loc'])).upper()}={shown(e)}: {e['msg']}"
                              for e in exc.errors())
         raise SettingsError(f"bad setting: {problems}") from None
     settings.apply_environment()

@@ -57,3 +57,48 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
 
     return subprocess.run([AFTZOO, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """``aftzoo app`` running in its own process on a fresh home, as a user starts it; yields its URL."""
+    import subprocess
+    import time
+
+    home = tmp_path_factory.mktemp("app-home")
+    port = free_port()
+    log = home / "app.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([AFTZOO, "app", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "AFTZOO_HOME": str(home)}, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while "aftzoo app on" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the app did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.3)
+    yield {"url": f"http://127.0.0.1:{port}/", "home": home, "log": log, "proc": proc}
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+ARTIFACTS = REPO / "test-artifacts"  # screenshots of failed browser tests (git-ignored)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    # Keep each phase's report on the test item, so fixtures can see whether the test failed.
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

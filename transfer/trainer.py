@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -273,7 +274,10 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _new_run_id(cfg: TransferConfig) -> str:
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def new_run_id(cfg: TransferConfig) -> str:
     return f"{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
@@ -284,15 +288,21 @@ def _known_names(cfg: TransferConfig) -> None:
         get_spec(name)
 
 
-def run(config: TransferConfig | dict, *, progress: bool = True, cancel: threading.Event | None = None,
-        on_step: Callable[[dict], None] | None = None) -> TransferResult:
-    """Train ``config.student`` with ``config.method``; every run (and each beta trial) is recorded."""
+def run(config: TransferConfig | dict, *, run_id: str | None = None, progress: bool = True,
+        cancel: threading.Event | None = None, on_step: Callable[[dict], None] | None = None) -> TransferResult:
+    """Train ``config.student`` with ``config.method``; every run (and each beta trial) is recorded.
+
+    ``run_id`` lets a caller that launches the run elsewhere (the app's job queue) know its id
+    before it exists; by default one is made from the method, data set and time.
+    """
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(config)
     cfg.validate()
     _known_names(cfg)
+    run_id = run_id or new_run_id(cfg)
+    if not _RUN_ID.fullmatch(run_id):
+        raise TransferError(f"a run id is letters, digits, '.', '_' and '-' (it names a folder); got {run_id!r}")
     if cfg.beta == "auto":
-        return _run_beta_auto(cfg, progress=progress, cancel=cancel, on_step=on_step)
-    run_id = _new_run_id(cfg)
+        return _run_beta_auto(run_id, cfg, progress=progress, cancel=cancel, on_step=on_step)
     return _train(run_id, cfg, resume=False, progress=progress, cancel=cancel, on_step=on_step)
 
 
@@ -307,6 +317,14 @@ def resume(run_id: str, *, progress: bool = True, cancel: threading.Event | None
         raise TransferError(f"run {run_id} already completed ({row['step']} steps); nothing to resume")
     cfg = TransferConfig.from_dict(row["config"])
     return _train(run_id, cfg, resume=True, progress=progress, cancel=cancel, on_step=on_step)
+
+
+def mark_stopped(run_id: str, status: str, error: str) -> None:
+    """Record that a run's process was stopped from outside before it could record it itself."""
+    with open_catalog() as cat:
+        row = cat.get_run(run_id)
+        if row is not None and row["status"] in ("running", "cancelling"):
+            cat.update_run(run_id, status=status, error=error)
 
 
 def request_cancel(run_id: str) -> None:
@@ -480,9 +498,8 @@ def _per_teacher_weights(objective: Objective, slices: dict[str, list[int]]) -> 
     return {f"weight_mean/{t}": float(weights[a:b].mean()) for t, (a, b) in slices.items()}
 
 
-def _run_beta_auto(cfg: TransferConfig, *, progress: bool, cancel, on_step) -> TransferResult:
+def _run_beta_auto(parent: str, cfg: TransferConfig, *, progress: bool, cancel, on_step) -> TransferResult:
     """Try each beta on a 10% hold-out of the training set, then retrain on all of it with the best."""
-    parent = _new_run_id(cfg)
     with open_catalog() as cat:
         cat.create_run(parent, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers, method=cfg.method,
                        config={**cfg.to_dict(), "kind": "beta-auto"}, total_steps=None, status="running")
@@ -491,12 +508,12 @@ def _run_beta_auto(cfg: TransferConfig, *, progress: bool, cancel, on_step) -> T
     try:
         for beta in cfg.beta_grid:
             trial_cfg = dataclasses.replace(cfg, beta=float(beta), holdout_fraction=0.1, parent=parent)
-            res = _train(_new_run_id(trial_cfg), trial_cfg, resume=False, progress=progress, cancel=cancel,
+            res = _train(new_run_id(trial_cfg), trial_cfg, resume=False, progress=progress, cancel=cancel,
                          on_step=on_step)
             trials.append({"run_id": res.run_id, "beta": float(beta), "holdout_accuracy": res.test_accuracy})
         best = max(trials, key=lambda t: (t["holdout_accuracy"], -t["beta"]))
         final_cfg = dataclasses.replace(cfg, beta=best["beta"], parent=parent)
-        final = _train(_new_run_id(final_cfg), final_cfg, resume=False, progress=progress, cancel=cancel,
+        final = _train(new_run_id(final_cfg), final_cfg, resume=False, progress=progress, cancel=cancel,
                        on_step=on_step)
     except BaseException as exc:
         with open_catalog() as cat:

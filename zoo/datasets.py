@@ -1,5 +1,7 @@
 """Data sets: a loader per name, with train/test splits, class names and a content fingerprint.
 
+Users' own sets (``zoo.userdata``) load by name like the bundled ones.
+
 Images are ``uint8`` arrays ``(N, H, W)`` (grey) or ``(N, H, W, 3)`` (RGB); texts are
 lists of ``str``. Sets without an official split get a stratified 80/20 split with a
 fixed seed, so every machine sees the same examples in the same order.
@@ -165,26 +167,63 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASETS)
+    """The bundled data sets and the ones imported into this ``AFTZOO_HOME`` (``zoo.userdata``)."""
+    from zoo.userdata import list_user_datasets
+
+    return sorted({*DATASETS, *list_user_datasets()})
 
 
 @lru_cache(maxsize=8)
+def _load_bundled(name: str) -> Dataset:
+    return DATASETS[name].load()
+
+
+@lru_cache(maxsize=4)
+def _load_user(name: str, *stamp) -> Dataset:
+    # ``stamp`` (home, inode and mtime of meta.json) is part of the key: a set imported again, removed,
+    # or under another AFTZOO_HOME (even by another process) is never served from a stale entry.
+    from zoo.userdata import load_user_dataset
+
+    return load_user_dataset(name)
+
+
 def load_dataset(name: str) -> Dataset:
     """Load a data set by name; ``UnknownDataset`` lists the valid names, ``PackMissing`` says how to install it."""
-    if name not in DATASETS:
+    if name in DATASETS:
+        return _load_bundled(name)
+    from zoo.userdata import stamp
+
+    key = stamp(name)
+    if key is None:
         raise UnknownDataset(f"unknown data set {name!r}; choose one of: {', '.join(list_datasets())}")
-    return DATASETS[name].load()
+    return _load_user(name, *key)
+
+
+def clear_cache() -> None:
+    """Forget loaded user data sets (imports and removals call this; bundled ones never change)."""
+    _load_user.cache_clear()
+
+
+load_dataset.cache_clear = clear_cache  # the lru_cache interface callers may expect
+
+
+def present_row(row: dict, ds: Dataset) -> dict:
+    return {**row, "present": True, "num_classes": ds.num_classes,
+            "sizes": {k: len(v) for k, v in ds.splits.items()},
+            "fingerprints": {k: v.fingerprint[:16] for k, v in ds.splits.items()},
+            "class_names": json.loads(json.dumps(ds.class_names))}
 
 
 def describe(name: str) -> dict:
     """What ``aftzoo datasets`` shows for one data set, loading it only if its pack is present."""
+    if name not in DATASETS:
+        from zoo.userdata import describe_user
+
+        return describe_user(name)
     spec = DATASETS[name]
     row = {"name": name, "modality": spec.modality, "description": spec.description, "pack": spec.pack}
     try:
         ds = load_dataset(name)
     except packs.PackMissing as exc:
         return {**row, "present": False, "how_to_get": str(exc)}
-    return {**row, "present": True, "num_classes": ds.num_classes,
-            "sizes": {k: len(v) for k, v in ds.splits.items()},
-            "fingerprints": {k: v.fingerprint[:16] for k, v in ds.splits.items()},
-            "class_names": json.loads(json.dumps(ds.class_names))}
+    return present_row(row, ds)

@@ -1,0 +1,103 @@
+"""The web app's endpoints through gradio_client, against ``aftzoo app`` running in its own process."""
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return gradio_client.Client(app_server["url"], verbose=False)
+
+
+def frame(value) -> list[dict]:
+    """A Dataframe output as records."""
+    return [dict(zip(value["headers"], row)) for row in value["data"]]
+
+
+def wait_for_job(client, job_id, timeout=300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = {j["job"]: j for j in frame(client.predict(job_id, "this data set", "digits", api_name="/jobs")[0])}
+        if jobs[job_id]["state"] not in ("queued", "running"):
+            return jobs[job_id]
+        time.sleep(1)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_the_page_and_its_data_set_view(client):
+    summary, counts, gallery, texts, zoo_table, rank_models, *_ = client.predict("digits", api_name="/select_dataset")
+    assert "1,437 for training, 360 for testing" in summary
+    teachers = {r["model"]: r for r in frame(zoo_table)}
+    assert teachers["efficientnet-lite0"]["on this machine"] == "yes"
+    assert teachers["dinov2-vit-s14"]["on this machine"] == "no" and "AFTZOO_OFFLINE=0" in \
+        teachers["dinov2-vit-s14"]["how to get it"]
+    shown = gallery["value"]  # an update: value and visibility
+    assert gallery["visible"] and len(shown) == 12 and {g["caption"] for g in shown} >= {str(d) for d in range(10)}
+    assert texts["visible"] is False
+
+
+def test_rank_transfer_export_and_classify(client, tmp_path):
+    status, table, chart, history, prefill = client.predict(
+        "digits", ["efficientnet-lite0", "efficientnet-lite2"], ["logme", "probe"], 200, "logme", api_name="/rank")
+    rows = frame(table)
+    assert "best:" in status and {r["model"] for r in rows} == {"efficientnet-lite0", "efficientnet-lite2"}
+    assert rows[0]["logme"] >= rows[1]["logme"]
+    assert prefill["value"] == [rows[0]["model"]]
+    assert {(r["dataset"], r["model"]) for r in frame(history)} >= {("digits", "efficientnet-lite0")}
+
+    status, jobs, _ = client.predict("digits", "resnet18-small", True, "aft", [rows[0]["model"]], "1", 16, 1e-3,
+                                     200, 100, api_name="/transfer")
+    assert status.startswith("Queued job"), status
+    job_id = status.split("**")[1]
+    job = wait_for_job(client, job_id)
+    assert job["state"] == "completed", job
+    assert 0.1 < float(job["accuracy"]) <= 1.0
+
+    runs = frame(client.predict("this data set", "digits", api_name="/runs")[0])
+    run = next(r for r in runs if r["run"] == job["run"])
+    assert run["method"] == "aft" and run["status"] == "completed" and run["steps"].startswith("16/")
+
+    status, exported, speed_teacher = client.predict(job["run"], api_name="/export")
+    assert "top-1 agreement 100% (passed)" in status, status
+    path = status.split("`")[1]
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))).save(image)
+    status, labels = client.predict(path, gradio_client.handle_file(str(image)), "", api_name="/classify")
+    assert status.startswith("Top label: **"), status
+    assert labels["label"] in [str(d) for d in range(10)] and len(labels["confidences"]) == 5
+
+    speed = client.predict(path, rows[0]["model"], api_name="/compare_speed")
+    assert "ms** per input" in speed and "x** the teacher's time" in speed
+
+
+def test_bad_input_is_reported_in_the_page(client, tmp_path):
+    status, *_ = client.predict("digits", [], ["logme"], 100, "logme", api_name="/rank")
+    assert status.startswith("**Could not rank:**") and "at least one model" in status
+
+    status, *_ = client.predict("digits", "resnet18-small", True, "aft", ["efficientnet-lite0"], "lots", 10, 1e-3,
+                                0, 0, api_name="/transfer")
+    assert "teacher weight must be a number or 'auto'" in status
+    status, *_ = client.predict("digits", "resnet18-small", True, "aft", [], "1", 10, 1e-3, 0, 0,
+                                api_name="/transfer")
+    assert "needs at least one teacher" in status
+    status, *_ = client.predict("digits", "resnet18-small", True, "stl", [], "1", 10, 0.0, 0, 0,
+                                api_name="/transfer")
+    assert "lr must be > 0" in status
+    with pytest.raises(gradio_client.exceptions.AppError, match="less than minimum value"):
+        client.predict("digits", "resnet18-small", True, "stl", [], "1", -5, 1e-3, 0, 0, api_name="/transfer")
+
+    assert client.predict("no-such-job", api_name="/cancel").startswith("**Could not cancel:**")
+    assert "**Could not resume:**" in client.predict("no-such-run", api_name="/resume")[0]
+    assert client.predict("no-such-run", api_name="/export")[0].startswith("**Could not export:**")
+
+    status, labels = client.predict("", None, "hello", api_name="/classify")
+    assert "Pick an exported student first" in status and not labels
+
+
+def test_the_app_binds_to_loopback_and_says_so(app_server):
+    log = app_server["log"].read_text()
+    assert "aftzoo app on http://127.0.0.1:" in log and "warning" not in log
