@@ -1,6 +1,7 @@
 # aftzoo on a CUDA machine: the app on port 7860.
 #   docker build -t aftzoo .
-#   docker run --gpus all -p 7860:7860 -v aftzoo-home:/data aftzoo
+#   docker run --gpus all -p 7860:7860 -v aftzoo-home:/data \
+#       -e AFTZOO_APP_USER=me -e AFTZOO_APP_PASSWORD=... aftzoo
 # The torch wheel brings its own CUDA 13 libraries; the image needs only the driver's
 # user-space side, which the NVIDIA container runtime mounts.
 FROM nvidia/cuda:13.0.1-base-ubuntu24.04

@@ -144,6 +144,7 @@ def build(queue: JobQueue) -> gr.Blocks:
             with gr.Row():
                 job_pick = gr.Dropdown(label="Show job", elem_id="job-pick", allow_custom_value=True, scale=3)
                 cancel = gr.Button("Cancel job", elem_id="cancel", scale=1)
+                resume_job = gr.Button("Resume job", elem_id="resume-job", scale=1)
             with gr.Row():
                 loss_plot = gr.LinePlot(views.typed(**views.CURVE), x="step", y="value", color="series",
                                         label="Loss", height=260)
@@ -291,6 +292,13 @@ def build(queue: JobQueue) -> gr.Blocks:
             return (f"Queued job **{job.id}**: resume `{run_id}` (see the Transfer page).",
                     gr.update(choices=_job_choices(), value=job.id))
 
+        def resume_from_job(job_id):
+            try:
+                run_id = queue.get(job_id).run_id if job_id else None
+            except KeyError as exc:
+                return problem("resume", exc), gr.update()
+            return resume_run(run_id)
+
         def do_export(run_id, progress=gr.Progress()):
             from transfer.export import export_run as export
 
@@ -354,6 +362,7 @@ def build(queue: JobQueue) -> gr.Blocks:
         timer.tick(tick, tick_inputs, tick_outputs, show_progress="hidden", api_name="jobs")
         job_pick.change(tick, tick_inputs, tick_outputs, show_progress="hidden", api_name=False)
         cancel.click(cancel_job, job_pick, launch_status, api_name="cancel")
+        resume_job.click(resume_from_job, job_pick, [launch_status, job_pick], api_name="resume_job")
         for trigger in (refresh.click, runs_scope.change, dataset.change):
             trigger(show_runs, [runs_scope, dataset], runs_outputs,
                     api_name="runs" if trigger == refresh.click else False)

@@ -67,30 +67,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """``aftzoo app`` running in its own process on a fresh home, as a user starts it; yields its URL."""
+def start_app(home: Path, *args: str, env: dict | None = None, timeout: float = 120):
+    """Start ``aftzoo app`` on a free port in its own process; return (process, url, log path) once it listens."""
     import subprocess
     import time
 
-    home = tmp_path_factory.mktemp("app-home")
     port = free_port()
-    log = home / "app.log"
+    log = home / f"app-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([AFTZOO, "app", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "AFTZOO_HOME": str(home)}, cwd=REPO)
-    deadline = time.monotonic() + 120
+        proc = subprocess.Popen([AFTZOO, "app", "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "AFTZOO_HOME": str(home), **(env or {})}, cwd=REPO)
+    deadline = time.monotonic() + timeout
     while "aftzoo app on" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"the app did not start:\n{log.read_text(errors='replace')}")
         time.sleep(0.3)
-    yield {"url": f"http://127.0.0.1:{port}/", "home": home, "log": log, "proc": proc}
+    return proc, f"http://127.0.0.1:{port}/", log
+
+
+def stop(proc) -> None:
+    import subprocess
+
     proc.terminate()
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """``aftzoo app`` running in its own process on a fresh home, as a user starts it."""
+    home = tmp_path_factory.mktemp("app-home")
+    proc, url, log = start_app(home)
+    yield {"url": url, "home": home, "log": log, "proc": proc}
+    stop(proc)
 
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots of failed browser tests (git-ignored)

@@ -25,7 +25,7 @@ def wait_for_job(client, job_id, timeout=300) -> dict:
         if jobs[job_id]["state"] not in ("queued", "running"):
             return jobs[job_id]
         time.sleep(1)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+    raise TimeoutError(f"job {job_id} did not finish in {timeout} s: {jobs[job_id]}")
 
 
 def test_the_page_and_its_data_set_view(client):
@@ -72,6 +72,29 @@ def test_rank_transfer_export_and_classify(client, tmp_path):
 
     speed = client.predict(path, rows[0]["model"], api_name="/compare_speed")
     assert "ms** per input" in speed and "x** the teacher's time" in speed
+
+
+def test_cancel_a_running_job_then_resume_it_to_the_end(client):
+    status, *_ = client.predict("digits", "resnet18-small", True, "stl", [], "1", 80, 1e-3, 64, 64,
+                                api_name="/transfer")
+    job_id = status.split("**")[1]
+    deadline = time.monotonic() + 120
+    while True:  # cancel once it has trained a few steps
+        job = {j["job"]: j for j in frame(client.predict(job_id, "this data set", "digits", api_name="/jobs")[0])}[job_id]
+        if job["steps"] != "-" and int(job["steps"].split("/")[0]) >= 10:
+            break
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert client.predict(job_id, api_name="/cancel") == f"Job **{job_id}** is stopping."
+    stopped = wait_for_job(client, job_id, timeout=60)
+    assert stopped["state"] == "cancelled" and "resume" in stopped["message"]
+    done_steps = int(stopped["steps"].split("/")[0])
+    assert 10 <= done_steps < 80
+
+    status, picked = client.predict(job_id, api_name="/resume_job")
+    assert status.startswith("Queued job") and stopped["run"] in status, status
+    resumed = wait_for_job(client, picked["value"], timeout=600)
+    assert resumed["state"] == "completed" and resumed["steps"] == "80/80" and resumed["run"] == stopped["run"]
 
 
 def test_bad_input_is_reported_in_the_page(client, tmp_path):
