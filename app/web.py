@@ -44,6 +44,31 @@ def _none_if_zero(value) -> int | None:
     return int(value) if value else None
 
 
+def score_chart(table: pd.DataFrame, metric: str):
+    """One score per teacher as horizontal bars (matplotlib: scores may be negative, and the bars
+    must start at zero, which Gradio's own bar plot does not keep in view)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    long = views.ranking_long(table, [metric]).sort_values("score")
+    fig = Figure(figsize=(6, 0.6 + 0.45 * max(len(long), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    if long.empty:
+        ax.text(0.5, 0.5, "no scores yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    bars = ax.barh(long["model"], long["score"], color="#6366f1")
+    ax.bar_label(bars, fmt="%.3f", padding=3)
+    ax.axvline(0, color="#444", linewidth=0.8)
+    ax.set_title("Scores by teacher", loc="left", fontsize=10)
+    ax.set_xlabel(views.METRIC_LABELS.get(metric, metric) + " (higher is better)")
+    ax.margins(x=0.2)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
 @lru_cache(maxsize=8)
 def _exported(path: str, mtime: float):
     from transfer.runtime import load_export
@@ -93,7 +118,8 @@ def build(queue: JobQueue) -> gr.Blocks:
                         "Ranking scores how well each model's features fit your labels, without training: "
                         "higher is better.")
             zoo_table = gr.Dataframe(label="Teacher models for this kind of data", interactive=False,
-                                     max_height=300, wrap=True)
+                                     max_height=300, wrap=True,
+                                     column_widths=["15%", "11%", "6%", "8%", "7%", "7%", "46%"])
             with gr.Row():
                 rank_models = gr.CheckboxGroup(first_teachers, label="Teachers to rank (only those on this machine)",
                                                elem_id="rank-models", scale=2)
@@ -106,8 +132,7 @@ def build(queue: JobQueue) -> gr.Blocks:
             with gr.Row():
                 rank_table = gr.Dataframe(pd.DataFrame(columns=["model", "logme", "probe", "n"]), scale=1,
                                           label="Scores (best first)", interactive=False, elem_id="rank-table")
-                rank_chart = gr.BarPlot(views.typed(**views.RANKING), x="model", y="score", color="model",
-                                        label="Scores by teacher", height=280, scale=1)
+                rank_chart = gr.Plot(label="Scores by teacher", show_label=False, scale=1)
             chart_metric = gr.Radio([(views.METRIC_LABELS[m], m) for m in METRICS], value="logme",
                                     label="Score shown in the chart")
             rank_history = gr.Dataframe(label="Earlier rankings, all data sets (latest score of each model)",
@@ -169,7 +194,7 @@ def build(queue: JobQueue) -> gr.Blocks:
                 weights_run = gr.Dropdown(label="Run", elem_id="weights-run", allow_custom_value=True, scale=2)
                 resume = gr.Button("Resume this run", elem_id="resume", scale=1)
             runs_status = gr.Markdown(elem_classes="status", elem_id="runs-status")
-            weights = gr.BarPlot(views.typed(**views.WEIGHTS), x="teacher", y="mean weight", color="teacher",
+            weights = gr.BarPlot(views.typed(**views.WEIGHTS), x="teacher", y="mean weight", color="teacher", y_lim=[0, 1],
                                  height=240, label="AFT's learned weight on each teacher's features (mean)")
 
         # -- 5. Export and try ---------------------------------------------------------------
@@ -231,7 +256,7 @@ def build(queue: JobQueue) -> gr.Blocks:
             table = frame[cols].round(4)
             best = list(frame["model"])
             return (f"Ranked {len(frame)} teachers on {frame['n'].iloc[0]:,} examples of **{name}**; best: "
-                    f"**{best[0]}**.", table, views.ranking_long(frame, [shown]), views.ranking_history(),
+                    f"**{best[0]}**.", table, score_chart(frame, shown), views.ranking_history(),
                     gr.update(value=best[:1]))
 
         def start(name, student_, scratch_, method_, teachers_, beta_, steps_, lr_, limit_train_, limit_test_):
@@ -277,8 +302,10 @@ def build(queue: JobQueue) -> gr.Blocks:
         def show_runs(scope, name):
             frame = views.runs_table(None if scope == "all data sets" else name)
             data = None if scope == "all data sets" else name
+            aft = frame[frame["method"].str.startswith("aft") & (frame["status"] == "completed")]
             return (frame, views.accuracy_by_method(data), views.score_vs_accuracy(data),
-                    gr.update(choices=list(frame["run"])), gr.update(choices=views.run_choices("completed")))
+                    gr.update(choices=list(frame["run"]), value=aft["run"].iloc[0] if len(aft) else None),
+                    gr.update(choices=views.run_choices("completed")))
 
         def resume_run(run_id):
             from transfer.trainer import TransferError
@@ -352,7 +379,7 @@ def build(queue: JobQueue) -> gr.Blocks:
         student.change(on_student, student, [scratch, lr], api_name=False)
         rank_button.click(rank_teachers, [dataset, rank_models, metrics, rank_limit, chart_metric],
                           [rank_status, rank_table, rank_chart, rank_history, teachers], api_name="rank")
-        chart_metric.change(lambda table, m: views.ranking_long(table, [m]), [rank_table, chart_metric], rank_chart,
+        chart_metric.change(score_chart, [rank_table, chart_metric], rank_chart,
                             api_name=False)
         launch.click(start, [dataset, student, scratch, method, teachers, beta, steps, lr, limit_train, limit_test],
                      [launch_status, jobs, job_pick], api_name="transfer")
