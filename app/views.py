@@ -257,29 +257,31 @@ def curves(run_id: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     return long({"loss": "total loss", "ce": "cross-entropy", "reg": "teacher term"}), long(acc)
 
 
-def run_progress(run_id: str) -> dict:
-    """Step, total and latest accuracy of a run (for a beta search: of its run training now)."""
-    with open_catalog() as cat:
-        row = cat.get_run(active_run(run_id))
-    if row is None:
-        return {}
-    return {"step": row["step"], "total_steps": row["total_steps"], "status": row["status"],
-            "accuracy": row["test_accuracy"], "active": row["id"]}
-
-
 def jobs_table(jobs) -> pd.DataFrame:
+    """The job queue with each job's progress; one catalog read for all of them (the page polls it)."""
+    columns = ["job", "run", "what", "state", "steps", "accuracy", "message"]
+    ids = [job.run_id for job in jobs]
+    if not ids:
+        return pd.DataFrame(columns=columns)
+    with open_catalog() as cat:
+        runs = {r["id"]: r for r in cat.query(
+            "SELECT id, step, total_steps, test_accuracy FROM runs WHERE list_contains(?, id)", [ids])}
+        # A beta search trains its trials and its final run as children: show the one training now.
+        active = {r["parent"]: r for r in cat.query(
+            "SELECT json_extract_string(config, '$.parent') AS parent, id, step, total_steps FROM runs "
+            "WHERE list_contains(?, json_extract_string(config, '$.parent')) "
+            "QUALIFY row_number() OVER (PARTITION BY parent ORDER BY created_at DESC) = 1", [ids])}
     rows = []
     for job in jobs:
-        p = run_progress(job.run_id) if job.state != "queued" else {}
-        steps = f"{p['step']}/{p['total_steps']}" if p.get("total_steps") else "-"
-        if p.get("active") and p["active"] != job.run_id:
+        run = runs.get(job.run_id) or {}
+        shown = active.get(job.run_id, run)
+        steps = f"{shown['step']}/{shown['total_steps']}" if shown.get("total_steps") else "-"
+        if job.run_id in active:
             steps += " (beta search)"
-        with open_catalog() as cat:
-            row = cat.get_run(job.run_id)
-        accuracy = _num((row or {}).get("test_accuracy"))
+        accuracy = _num(run.get("test_accuracy"))
         rows.append({"job": job.id, "run": job.run_id, "what": job.kind, "state": job.state, "steps": steps,
                      "accuracy": None if accuracy is None else round(accuracy, 4), "message": job.error or ""})
-    return pd.DataFrame(rows, columns=["job", "run", "what", "state", "steps", "accuracy", "message"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """What the app's pages show, read back from real runs and rankings in the catalog."""
+import pandas as pd
 import pytest
 
 import zoo
@@ -55,3 +56,19 @@ def test_curves_are_numeric_for_the_plots(runs):
     assert set(acc["series"]) == {"train accuracy", "test set accuracy"}
     assert loss["step"].dtype.kind == "i" and acc["value"].dtype.kind == "f"  # else the plot draws categories
     assert views.curves(None)[0].dtypes.to_dict() == loss.dtypes.to_dict()
+
+
+def test_jobs_table_shows_progress_and_the_active_trial_of_a_beta_search(runs):
+    from transfer.jobs import Job
+
+    search = run(TransferConfig(**{**BASE, "steps": 3}, teachers=TEACHERS[:1], method="aft", beta="auto",
+                                beta_grid=(0.1, 1.0)), progress=False)
+    parent = search.config["beta_auto_run"]
+    jobs = [Job("j1", "transfer", runs["both"].run_id, {}, state="completed"),
+            Job("j2", "transfer", parent, {}, state="completed"),
+            Job("j3", "transfer", "not-started-yet", {}, state="queued")]
+    table = views.jobs_table(jobs).set_index("job")
+    assert table.loc["j1", "steps"] == "6/6" and table.loc["j1", "accuracy"] == round(runs["both"].test_accuracy, 4)
+    assert table.loc["j2", "steps"].endswith("(beta search)")  # the final retraining, the search's newest child
+    assert table.loc["j2", "accuracy"] == pytest.approx(search.test_accuracy, abs=1e-4)
+    assert table.loc["j3", "steps"] == "-" and pd.isna(table.loc["j3", "accuracy"])
