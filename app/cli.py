@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from app.output import console, err, fail, print_json
+from app.output import console, err, fail, human_count, print_json
 from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -118,15 +118,6 @@ def app_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to bin
         pass
 
 
-def _human_count(n: Optional[int]) -> str:
-    if not n:
-        return "?"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
-
-
 @app.command()
 def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or student (models usable as both match either)."),
            modality: Optional[str] = typer.Option(None, "--modality", help="image or text."),
@@ -157,7 +148,7 @@ def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or s
     table.add_column("dim", justify="right")
     table.add_column("weights here")
     for r in rows:
-        table.add_row(r["name"], r["family"], r["modality"], r["role"], _human_count(r["params"]),
+        table.add_row(r["name"], r["family"], r["modality"], r["role"], human_count(r["params"]),
                       str(r["feature_dim"] or "?"), f"[green]{r['weights']}[/]" if r["weights"] else "[red]no[/]")
     console.print(table)
     console.print("weights here: pack = offline pack, cache = local hub cache, folder = registered folder, "

@@ -19,3 +19,13 @@ def fail(message: str, code: int = 1) -> None:
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def human_count(n: int | None) -> str:
+    """A parameter count as people say it: 3.4M, 1.1B ("?" when unknown)."""
+    if not n:
+        return "?"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from app.output import human_count
 from storage.catalog import open_catalog
 
 METHOD_LABELS = {
@@ -42,15 +43,6 @@ RANKING = {"model": "str", "metric": "str", "score": "float64"}
 BY_METHOD = {"method": "str", "data": "str", "accuracy": "float64", "runs": "int64"}
 SCORE_VS_ACCURACY = {"teacher": "str", "score": "float64", "accuracy": "float64", "method": "str", "data": "str"}
 WEIGHTS = {"teacher": "str", "mean weight": "float64"}
-
-
-def fmt_params(n: int | None) -> str:
-    if not n:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 def _num(value) -> float | None:
@@ -151,7 +143,7 @@ def zoo_table(role: str = "teacher", modality_: str | None = None) -> pd.DataFra
     for spec in list_specs(role=role, modality=modality_):
         status = weights_status(spec)
         rows.append({"model": spec.name, "family": spec.family, "kind": spec.modality,
-                     "parameters": fmt_params(spec.params), "feature size": spec.feature_dim,
+                     "parameters": human_count(spec.params), "feature size": spec.feature_dim,
                      "on this machine": "yes" if status else "no",
                      "how to get it": "ready" if status else _how_to_get(spec)})
     frame = pd.DataFrame(rows, columns=["model", "family", "kind", "parameters", "feature size", "on this machine",
@@ -373,6 +365,6 @@ def parity_text(summary: dict) -> str:
 
 def latency_text(r: dict) -> str:
     return (f"Student **{r['student']}** in onnxruntime: **{r['student_ms']:.2f} ms** per input. Teacher "
-            f"**{r['teacher']}** ({fmt_params(r['teacher_params'])} parameters) in PyTorch: "
+            f"**{r['teacher']}** ({human_count(r['teacher_params'])} parameters) in PyTorch: "
             f"**{r['teacher_ms']:.2f} ms** per input. The student takes **{r['ratio']:.3f}x** the teacher's time "
             f"({r['inputs']} test inputs, batches of {r['batch']}, preprocessing included, best of 3).")
