@@ -464,24 +464,21 @@ def auth_from_settings() -> tuple[str, str] | None:
     return (s.app_user, s.app_password.get_secret_value()) if s.app_user else None
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, *, block: bool = True):
-    """Start the app on ``host:port``; with ``block=False`` return ``(demo, url)`` and keep serving in a thread."""
+def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve the app on ``host:port`` until interrupted; running jobs stop at a checkpoint on the way out."""
     auth = auth_from_settings()
     if host not in LOOPBACK and auth is None:
         print(f"warning: the app listens on {host}, reachable from other machines, with no login: set "
               "AFTZOO_APP_USER and AFTZOO_APP_PASSWORD, or bind 127.0.0.1", file=sys.stderr)
     queue = JobQueue(workers=get_settings().jobs)
-    atexit.register(queue.shutdown)  # running jobs stop at a checkpoint and can be resumed
+    atexit.register(queue.shutdown)  # also on an exit that skips the finally below
     demo = build(queue)
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True, quiet=True,
                             show_error=False, footer_links=[], theme=gr.themes.Soft(), css=CSS,
                             max_file_size=2 * 1024 ** 3, enable_monitoring=False)
     print(f"aftzoo app on {url}  (Ctrl+C stops it)", flush=True)
-    if not block:
-        return demo, url
     try:
         demo.block_thread()
     finally:
         queue.shutdown()
-    return demo, url
