@@ -361,6 +361,8 @@ def _json(raw: bytes) -> Any:
         raise _bad("the request body is not UTF-8 JSON") from None
     except ValueError as exc:
         raise _bad(f"malformed JSON: {exc}") from None
+    except RecursionError:  # "[[[[...": Python's parser recurses once per level
+        raise _bad("the JSON nests too deeply; send a flat list of inputs") from None
 
 
 def _top_k(value: Any, num_classes: int, where: str = "top_k") -> int:
@@ -375,11 +377,17 @@ def _top_k(value: Any, num_classes: int, where: str = "top_k") -> int:
 
 
 def _flatten(data: Any) -> list:
-    if not isinstance(data, list):
-        return [data]
+    """Nested lists -> their elements in order; a loop, not recursion, so no depth can crash it."""
     out: list = []
-    for item in data:
-        out.extend(_flatten(item) if isinstance(item, list) else [item])
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
     return out
 
 
@@ -506,6 +514,12 @@ def create_app(exports: Sequence[str | Path] | Sequence[runtime.ExportedModel] |
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request, exc: Exception):
+        # The protocol's error shape, with nothing of the server's internals; uvicorn logs the traceback.
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server's log has the details"},
+                            status_code=500)
 
     def get_model(name: str, version: str | None = None) -> ServedModel:
         if name not in models:

@@ -33,6 +33,26 @@ class CatalogBusyError(CatalogError):
     """Another process holds the catalog's write lock."""
 
 
+class CatalogWriteError(CatalogError):
+    """A write the disk refused (full, over a size limit, read-only); nothing of it was stored."""
+
+
+# DuckDB reports a refused write as an IOException, or as a TransactionException when the
+# write-ahead log cannot be written at commit; these words tell it from a constraint error.
+_DISK_WORDS = ("could not write", "no space left", "file too large", "disk quota", "read-only file system",
+               "could not truncate", "could not fsync")
+
+
+def _disk_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.IOException) or (
+        isinstance(exc, duckdb.Error) and any(w in text for w in _DISK_WORDS))
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
 def migrate(con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> int:
     """Apply the migrations that ``con``'s schema lacks, up to ``target``; return the new version."""
     if not 0 <= target <= SCHEMA_VERSION:
@@ -48,9 +68,17 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> int
             con.execute(MIGRATIONS[version - 1])
             con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        except BaseException as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:  # a failed COMMIT has already ended the transaction
+                pass
+            if not isinstance(exc, duckdb.Error):
+                raise
+            raise CatalogError(f"could not migrate the catalog from schema version {version - 1} to {version} "
+                               f"({_short(exc)}); it was left at version {version - 1} with all its rows. "
+                               + ("Free disk space, then open it again" if _disk_error(exc) else
+                                  "Fix the cause above, then open it again")) from None
     return max(current, target)
 
 
@@ -147,11 +175,18 @@ class Catalog(RunCatalog):
             raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from None
         self._write_lock = threading.RLock()
         self._local = threading.local()
-        if not read_only:
-            with self._write_lock:
-                self.schema_version = migrate(self._con)
-        else:
-            self.schema_version = self._con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        try:
+            if not read_only:
+                with self._write_lock:
+                    self.schema_version = migrate(self._con)
+            else:
+                self.schema_version = self._con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        except BaseException as exc:
+            # An open connection keeps the file locked for this whole process: let it go.
+            self._con.close()
+            if isinstance(exc, CatalogError):
+                raise CatalogError(f"{self.path}: {exc}") from None
+            raise
 
     # -- plumbing ---------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -168,10 +203,20 @@ class Catalog(RunCatalog):
     def df(self, sql: str, params: list | tuple | None = None) -> pd.DataFrame:
         return self._cursor().execute(sql, params or []).df()
 
+    def _write_failed(self, exc: BaseException) -> CatalogWriteError:
+        return CatalogWriteError(f"could not write to the catalog {self.path}: {_short(exc)}; nothing of this change "
+                                 "was stored and the catalog is as it was. Free disk space or set AFTZOO_HOME to "
+                                 "another folder")
+
     def execute(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
         """Run one write statement under the process's write lock."""
         with self._write_lock:
-            return self._cursor().execute(sql, params or []).fetchall()
+            try:
+                return self._cursor().execute(sql, params or []).fetchall()
+            except duckdb.Error as exc:
+                if _disk_error(exc):
+                    raise self._write_failed(exc) from None
+                raise
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -182,8 +227,13 @@ class Catalog(RunCatalog):
             try:
                 yield cur
                 cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
+            except BaseException as exc:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:  # a COMMIT that failed writing has already rolled back
+                    pass
+                if isinstance(exc, duckdb.Error) and _disk_error(exc):
+                    raise self._write_failed(exc) from None
                 raise
 
     def close(self) -> None:

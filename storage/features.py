@@ -8,6 +8,7 @@ A file whose size or checksum no longer matches its row is reported, never read.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -45,7 +46,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    """One safe path component: never '.' or '..' (they would step out of the store), never too long."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    if not slug.strip("."):
+        slug = slug.replace(".", "_") or "_"
+    if len(slug.encode()) > 120:  # file systems allow 255 bytes a name; keep it unique with a hash
+        slug = slug[:60] + "-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return slug
+
+
+def _no_room(folder: Path, exc: OSError) -> str:
+    return (f"could not write features to {folder}: {exc.strerror or exc}; nothing was cached. "
+            "Free disk space or set AFTZOO_HOME to another folder")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole file now. A memory-mapped write into a sparse file on a full disk kills
+    the process with SIGBUS instead of raising; allocating first turns that into ENOSPC here."""
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate on this file system
+                raise
 
 
 @dataclass(frozen=True)
@@ -76,9 +99,16 @@ class FeatureWriter:
             raise ValueError(f"a feature matrix needs at least one row and one column; got {num_examples} x {dim}")
         self.store, self.key, self.dtype = store, key, np.dtype(dtype)
         self.final = store.path_for(key)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
-        self._array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(num_examples, dim))
+        self._finished: tuple | None = None
+        self._indexed = False
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(num_examples, dim))
+            _reserve(self.tmp)
+        except OSError as exc:
+            self.abort()
+            raise FeatureStoreError(_no_room(self.final.parent, exc)) from None
         self._written = np.zeros(num_examples, dtype=bool)
         self._started = time.perf_counter()
 
@@ -96,11 +126,19 @@ class FeatureWriter:
         self._array[rows] = values
         self._written[rows] = True
 
-    def commit(self) -> FeatureSetRow:
+    def finish(self) -> None:
+        """Make the file durable and put it in place (fsync, checksum, rename); no catalog needed.
+
+        Separate from ``index`` so that a caller can do this slow part (a checksum pass over the
+        whole file) without holding the catalog, which other processes wait for.
+        """
+        if self._finished is not None:
+            return
         missing = int((~self._written).sum())
         if missing:
             self.abort()
-            raise FeatureStoreError(f"{missing} of {len(self._written)} feature rows were never written; nothing was cached")
+            raise FeatureStoreError(f"{missing} of {len(self._written)} feature rows were never written; "
+                                    "nothing was cached")
         n, d = self._array.shape
         try:
             self._array.flush()
@@ -112,19 +150,37 @@ class FeatureWriter:
             _fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
-            raise FeatureStoreError(f"could not write features to {self.final.parent}: {exc.strerror or exc}; "
-                                    "free disk space or set AFTZOO_HOME to another folder") from None
-        self.store.catalog.add_feature_set(
-            model=self.key.model, dataset=self.key.dataset, split=self.key.split, fingerprint=self.key.fingerprint,
-            settings_key=self.key.settings_key, settings=self.key.settings, num_examples=n, dim=d,
-            dtype=self.dtype.name, path=str(self.final.relative_to(self.store.root)), size_bytes=size,
-            checksum=checksum, seconds=time.perf_counter() - self._started)
+            raise FeatureStoreError(_no_room(self.final.parent, exc)) from None
+        self._finished = (n, d, size, checksum, time.perf_counter() - self._started)
+
+    def index(self) -> FeatureSetRow:
+        """Record the finished file in ``self.store``'s catalog; return its row."""
+        self.finish()
+        n, d, size, checksum, seconds = self._finished
+        # Killed here, the file is in place but unindexed: never read, and replaced by the next writer.
+        try:
+            self.store.catalog.add_feature_set(
+                model=self.key.model, dataset=self.key.dataset, split=self.key.split, fingerprint=self.key.fingerprint,
+                settings_key=self.key.settings_key, settings=self.key.settings, num_examples=n, dim=d,
+                dtype=self.dtype.name, path=str(self.final.relative_to(self.store.root)), size_bytes=size,
+                checksum=checksum, seconds=seconds)
+        except BaseException:
+            self.abort()
+            raise
+        self._indexed = True
         return self.store.catalog.find_feature_set(self.key.model, self.key.fingerprint, self.key.split,
                                                    self.key.settings_key)
+
+    def commit(self) -> FeatureSetRow:
+        """``finish`` then ``index``: the file in place, then its catalog row."""
+        self.finish()
+        return self.index()
 
     def abort(self) -> None:
         self.__dict__.pop("_array", None)
         self.tmp.unlink(missing_ok=True)
+        if self._finished is not None and not self._indexed:
+            self.final.unlink(missing_ok=True)  # in place but never indexed, so never read: it would only take room
 
     def __enter__(self) -> "FeatureWriter":
         return self
@@ -173,8 +229,12 @@ class FeatureStore:
                                      "extract them again")
         if verify and file_checksum(path) != row.checksum:
             raise DamagedFeatureFile(f"{what} fail their checksum; extract them again")
-        array = np.load(path, mmap_mode="r")
-        if array.shape != (row.num_examples, row.dim):
+        try:
+            # allow_pickle=False: a feature file is numbers only, never objects to unpickle.
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DamagedFeatureFile(f"{what} cannot be read as a numeric array ({exc}); extract them again") from None
+        if array.dtype.hasobject or array.shape != (row.num_examples, row.dim):
             raise DamagedFeatureFile(f"{what} have shape {array.shape}, expected {(row.num_examples, row.dim)}")
         return array
 

@@ -97,8 +97,6 @@ def _load_run(run_id: str) -> dict:
 
 
 def _build(row: dict):
-    import torch
-
     from transfer.students import build_student
     from zoo.datasets import load_dataset
     from zoo.registry import UnknownModel, get
@@ -111,7 +109,12 @@ def _build(row: dict):
         raise ExportFailed(f"the student {row['student']!r} of run {row['id']} is not registered here: register it "
                            "again (zoo.register(..., persist=True) records it in the catalog for other processes)"
                            ) from None
-    state = torch.load(row["checkpoint"], map_location="cpu", weights_only=True)
+    from transfer.trainer import TransferError, load_checkpoint
+
+    try:
+        state = load_checkpoint(row["checkpoint"], "cpu")  # weights_only=True: no pickled code runs
+    except TransferError as exc:
+        raise ExportFailed(f"run {row['id']}: {exc}") from None
     student = build_student(spec, data.num_classes, pretrained=bool(cfg.get("pretrained", True)), device="cpu",
                             seed=int(cfg.get("seed", 0)))
     try:

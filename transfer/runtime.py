@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -205,6 +206,10 @@ def decode_image(data: bytes | str | Path | Any) -> np.ndarray:
             img.load()
         except FileNotFoundError:
             raise InputError(f"no image file {data}") from None
+        except Image.DecompressionBombError as exc:  # Pillow's own, larger limit, checked while opening
+            size = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(size.group(1)):,}" if size else "too many"
+            raise InputError(f"an image of {pixels} pixels is larger than the limit of {MAX_PIXELS:,} pixels") from None
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             what = f"{len(data)} bytes" if isinstance(data, (bytes, bytearray, memoryview)) else str(data)
             why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else \
@@ -300,6 +305,15 @@ def _clean_up_tokenization(text: str) -> str:
     return text
 
 
+def _check_unicode(text: str, index: int) -> None:
+    """Refuse lone surrogates (JSON's "\\ud800", undecodable bytes in argv): tokenizers cannot encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"text {index} is not valid Unicode: {text[exc.start]!r} at character {exc.start} is half of "
+                         "a surrogate pair (or an undecodable byte); send UTF-8 text") from None
+
+
 class TextPreprocessor:
     """Texts -> ``input_ids`` and ``attention_mask`` (int64, ``(N, L)``), as ``TextFeatureModel.preprocess``."""
 
@@ -357,6 +371,10 @@ class TextPreprocessor:
             formatted = [format_prompt(prompt, t) for t in texts]
         except ValueError as exc:  # an example that does not fit the prompt's fields
             raise InputError(str(exc)) from None
+        for i, example in enumerate(texts):
+            for part in (example.values() if isinstance(example, Mapping) else
+                         example if isinstance(example, (list, tuple)) else [example]):
+                _check_unicode(str(part), i)
         truncate = prompt.rstrip().endswith("}")
         tok = self._cut if truncate else self._plain
         rows = [e.ids for e in tok.encode_batch(formatted)]
@@ -496,6 +514,26 @@ class ExportedModel:
 def load_export(folder: str | Path, **kwargs) -> ExportedModel:
     """Verify and load an export folder (see ``ExportedModel``)."""
     return ExportedModel(folder, **kwargs)
+
+
+def own_export(folder: str | Path, root: str | Path | None = None) -> Path:
+    """``folder`` resolved, if it lies under ``root`` (default ``$AFTZOO_HOME/exports``), else ``ExportError``.
+
+    For folders a client names (the app's "try it" box, an API call). The checksums prove a folder
+    is intact, not that this aftzoo wrote it: a client must not make the process load a model it
+    placed elsewhere. Symlinks are resolved first, so a link inside the root does not lead out of it.
+    """
+    root = Path(root if root is not None else exports_root()).expanduser().resolve()
+    path = Path(folder).expanduser().resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ExportError(f"{folder} is not an export of this aftzoo home (they are under {root}); export the run "
+                          "here with `aftzoo export RUN`, or serve that folder with `aftzoo serve FOLDER`")
+    return path
+
+
+def load_own_export(folder: str | Path, root: str | Path | None = None, **kwargs) -> ExportedModel:
+    """``load_export`` of ``own_export(folder, root)``: verified, and only from this home's exports."""
+    return load_export(own_export(folder, root), **kwargs)
 
 
 def find_exports(root: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -37,6 +38,10 @@ from zoo.prompts import prompt_for
 from zoo.registry import get as get_spec
 
 BETA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+# How long a run's own catalog writes wait for another process's turn (an interactive command waits
+# 10 s). The app, a ranking or another job may hold the catalog for a while under load; failing a
+# long run over a late metric row is worse than waiting for it.
+CATALOG_WAIT = 120.0
 
 
 class TransferError(RuntimeError):
@@ -49,6 +54,10 @@ class TrainingDiverged(TransferError):
 
 class Cancelled(TransferError):
     """The run was cancelled; its last checkpoint is kept and it can be resumed."""
+
+
+class CheckpointError(TransferError):
+    """A checkpoint that cannot be written (full disk) or loaded (damaged, or not aftzoo's)."""
 
 
 @dataclass
@@ -268,10 +277,64 @@ def _run_dir(run_id: str) -> Path:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[-200:]
+        try:  # torch's own message ("unexpected pos 768 vs 662") does not say the disk is full: the numbers do
+            free = f"{shutil.disk_usage(path.parent).free:,} bytes free on its disk"
+        except OSError:
+            free = "is the disk full?"
+        raise CheckpointError(f"could not write the checkpoint {path} ({reason}; {free}). Free disk space, then "
+                              "resume the run") from None
+
+
+def _sweep_checkpoint_tmp(run_dir: Path) -> None:
+    """Remove half-written checkpoints of processes that died (killed between the write and the rename)."""
+    for tmp in run_dir.glob(".checkpoint.pt.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still alive: another process is writing it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        tmp.unlink(missing_ok=True)
+
+
+_CHECKPOINT_KEYS = ("student", "objective", "optimizer", "scheduler", "scaler", "torch_rng", "step", "wall_seconds")
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """A checkpoint written by this trainer, loaded with ``weights_only=True`` (no pickled code runs).
+
+    ``TransferError`` if the file holds anything else than tensors and plain values, or is damaged.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = " ".join(str(exc).split())
+        found = re.search(r"GLOBAL ([\w.]+)|Unsupported global: ([\w. ]+)", what)
+        name = next((g for g in found.groups() if g), "").replace("GLOBAL ", "").strip() if found else ""
+        raise CheckpointError(
+            f"the checkpoint {path} holds objects, not only tensors and plain values"
+            + (f" ({name})" if name else "") + "; aftzoo loads checkpoints with weights_only=True and never runs "
+            "pickled code. It was not written by aftzoo: delete it and start a new run") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint {path} cannot be read ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); it is damaged: delete it and start a new run"
+                              ) from None
+    if not isinstance(state, dict) or "student" not in state:
+        raise CheckpointError(f"{path} is not an aftzoo checkpoint (no student weights); start a new run")
+    return state
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -367,21 +430,27 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
     step, wall_before = 0, 0.0
     record = {**cfg.to_dict(), "teacher_slices": data.teacher_slices, "data_fingerprint": data.fingerprint,
               "batch_size_used": batch_size, "total_steps": total_steps, "device_used": device}
-    with open_catalog() as cat:
+    with open_catalog(wait=CATALOG_WAIT) as cat:
         if resume:
             row = cat.get_run(run_id)
             if row["config"].get("data_fingerprint") not in (None, data.fingerprint):
                 raise TransferError(f"the data of {cfg.dataset} changed since run {run_id} started "
                                     "(fingerprint mismatch); start a new run")
+            _sweep_checkpoint_tmp(run_dir)
             if ckpt_path.is_file():
-                state = torch.load(ckpt_path, map_location=device, weights_only=True)
-                student.load_state_dict(state["student"])
-                objective.load_state_dict(state["objective"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                scaler.load_state_dict(state["scaler"])
-                torch.set_rng_state(state["torch_rng"])
-                step, wall_before = int(state["step"]), float(state["wall_seconds"])
+                state = load_checkpoint(ckpt_path, device)
+                try:
+                    student.load_state_dict(state["student"])
+                    objective.load_state_dict(state["objective"])
+                    optimizer.load_state_dict(state["optimizer"])
+                    scheduler.load_state_dict(state["scheduler"])
+                    scaler.load_state_dict(state["scaler"])
+                    torch.set_rng_state(state["torch_rng"])
+                    step, wall_before = int(state["step"]), float(state["wall_seconds"])
+                except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                    raise CheckpointError(f"the checkpoint {ckpt_path} does not fit run {run_id} "
+                                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                                          "start a new run") from None
             cat.truncate_metrics(run_id, step)
             cat.update_run(run_id, status="running", step=step, error=None)
         else:
@@ -399,7 +468,7 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
     def flush(**run_fields) -> str:
         """Write pending metrics and progress; return the run's status (another party may ask to cancel)."""
         nonlocal last_flush
-        with open_catalog() as cat:
+        with open_catalog(wait=CATALOG_WAIT) as cat:
             cat.log_metrics(run_id, pending, step=step, **run_fields)
             status = cat.get_run(run_id)["status"]
         pending.clear()
@@ -411,17 +480,25 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
         # Metrics first, then the file: a kill in between resumes from the previous checkpoint and
         # drops the metrics logged after it, so the history never has a gap.
         status = flush(checkpoint=str(ckpt_path))
-        _save_checkpoint(ckpt_path, {
-            "student": student.state_dict(), "objective": objective.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "step": step,
-            "wall_seconds": wall_before + time.perf_counter() - started})
+        try:
+            _save_checkpoint(ckpt_path, {
+                "student": student.state_dict(), "objective": objective.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "step": step,
+                "wall_seconds": wall_before + time.perf_counter() - started})
+        except CheckpointError as exc:
+            kept = f"the checkpoint of step {last_good} is kept" if ckpt_path.is_file() else "no checkpoint is kept"
+            raise CheckpointError(f"{exc} with `aftzoo transfer --resume {run_id}` ({kept})") from None
         last_good = step
         return status
 
+    finished = False
+
     def finish(status: str, error: str | None = None, accuracy: float | None = None) -> TransferResult:
+        nonlocal finished
         wall = wall_before + time.perf_counter() - started
         flush(status=status, error=error, test_accuracy=accuracy, wall_seconds=wall)
+        finished = True
         return TransferResult(run_id, record, status, accuracy, step, wall)
 
     bar = None
@@ -434,61 +511,80 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
     correct = seen = 0
     perm_epoch, perm = -1, None
     try:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if epoch != perm_epoch:
-                # One permutation per epoch from (seed, epoch): a resumed run sees the same batches.
-                perm_epoch, perm = epoch, torch.randperm(len(data.train_labels), generator=torch.Generator(
-                    ).manual_seed(cfg.seed * 100_003 + epoch)).numpy()
-            idx = perm[offset * batch_size:(offset + 1) * batch_size]
-            labels = torch.from_numpy(data.train_labels[idx]).to(device)
-            psi = None if psi_all is None else psi_all[idx].to(device)
-            out = train_step(student, objective, optimizer, scaler, student.preprocess(
-                _take(data.train_inputs, idx), prompt), labels, psi, beta, cfg.grad_clip, device)
-            if out is None:
-                msg = (f"the loss became non-finite at step {step + 1}; lower --lr or --beta. "
-                       f"The last good checkpoint (step {last_good}) is kept")
-                finish("failed", error=msg)
-                raise TrainingDiverged(msg)
-            loss, ce, reg, logits = out
-            scheduler.step()
-            step += 1
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(idx)
-            if bar is not None:
-                bar.update(1)
+        try:
+            while step < total_steps:
+                epoch, offset = divmod(step, steps_per_epoch)
+                if epoch != perm_epoch:
+                    # One permutation per epoch from (seed, epoch): a resumed run sees the same batches.
+                    perm_epoch, perm = epoch, torch.randperm(len(data.train_labels), generator=torch.Generator(
+                        ).manual_seed(cfg.seed * 100_003 + epoch)).numpy()
+                idx = perm[offset * batch_size:(offset + 1) * batch_size]
+                labels = torch.from_numpy(data.train_labels[idx]).to(device)
+                psi = None if psi_all is None else psi_all[idx].to(device)
+                out = train_step(student, objective, optimizer, scaler, student.preprocess(
+                    _take(data.train_inputs, idx), prompt), labels, psi, beta, cfg.grad_clip, device)
+                if out is None:
+                    msg = (f"the loss became non-finite at step {step + 1}; lower --lr or --beta. "
+                           f"The last good checkpoint (step {last_good}) is kept")
+                    finish("failed", error=msg)
+                    raise TrainingDiverged(msg)
+                loss, ce, reg, logits = out
+                scheduler.step()
+                step += 1
+                correct += int((logits.argmax(1) == labels).sum())
+                seen += len(idx)
+                if bar is not None:
+                    bar.update(1)
 
-            metrics: dict[str, float] = {}
-            if step % cfg.log_every == 0 or step == total_steps:
-                metrics.update(loss=loss, ce=ce, reg=reg, lr=scheduler.get_last_lr()[0])
-            if step % cfg.eval_every == 0 or step == total_steps:
-                metrics["train_acc"] = correct / max(seen, 1)
-                metrics[f"{data.eval_name}_acc"] = evaluate(student, data.eval_inputs, data.eval_labels, prompt,
-                                                             batch_size, device)
-                correct = seen = 0
-                metrics.update(objective.weight_stats())
-                metrics.update(_per_teacher_weights(objective, data.teacher_slices))
-            if metrics:
-                pending.extend((step, k, v) for k, v in metrics.items())
-                if on_step is not None:
-                    on_step({"run_id": run_id, "step": step, "total_steps": total_steps, **metrics})
-            status = None
-            if step % cfg.checkpoint_every == 0 and step < total_steps:
-                status = checkpoint()
-            elif metrics and time.monotonic() - last_flush > cfg.flush_seconds:
-                # Opening the catalog costs tens of milliseconds: batch writes, not every logged step.
-                status = flush()
-            if step < total_steps and (status == "cancelling" or (cancel is not None and cancel.is_set())):
-                checkpoint()
-                finish("cancelled")
-                raise Cancelled(f"run {run_id} was cancelled at step {step}; resume it with "
-                                f"`aftzoo transfer --resume {run_id}`")
-    finally:
-        if bar is not None:
-            bar.close()
-    accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
-    checkpoint()
-    return finish("completed", accuracy=accuracy)
+                metrics: dict[str, float] = {}
+                if step % cfg.log_every == 0 or step == total_steps:
+                    metrics.update(loss=loss, ce=ce, reg=reg, lr=scheduler.get_last_lr()[0])
+                if step % cfg.eval_every == 0 or step == total_steps:
+                    metrics["train_acc"] = correct / max(seen, 1)
+                    metrics[f"{data.eval_name}_acc"] = evaluate(student, data.eval_inputs, data.eval_labels, prompt,
+                                                                 batch_size, device)
+                    correct = seen = 0
+                    metrics.update(objective.weight_stats())
+                    metrics.update(_per_teacher_weights(objective, data.teacher_slices))
+                if metrics:
+                    pending.extend((step, k, v) for k, v in metrics.items())
+                    if on_step is not None:
+                        on_step({"run_id": run_id, "step": step, "total_steps": total_steps, **metrics})
+                status = None
+                if step % cfg.checkpoint_every == 0 and step < total_steps:
+                    status = checkpoint()
+                elif metrics and time.monotonic() - last_flush > cfg.flush_seconds:
+                    # Opening the catalog costs tens of milliseconds: batch writes, not every logged step.
+                    status = flush()
+                if step < total_steps and (status == "cancelling" or (cancel is not None and cancel.is_set())):
+                    checkpoint()
+                    finish("cancelled")
+                    raise Cancelled(f"run {run_id} was cancelled at step {step}; resume it with "
+                                    f"`aftzoo transfer --resume {run_id}`")
+        finally:
+            if bar is not None:
+                bar.close()
+        accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
+        checkpoint()
+        return finish("completed", accuracy=accuracy)
+    except BaseException as exc:
+        if not finished:  # a crash, a full disk, Ctrl+C: say so in the catalog, not "running" forever
+            _record_stop(run_id, exc)
+        raise
+
+
+def _record_stop(run_id: str, exc: BaseException) -> None:
+    """Best effort: mark a run that stopped on an exception (the catalog itself may be what failed)."""
+    if isinstance(exc, KeyboardInterrupt):
+        status, error = "cancelled", f"interrupted; resume it with `aftzoo transfer --resume {run_id}`"
+    else:
+        text = " ".join(str(exc).split())
+        status, error = "failed", (text if isinstance(exc, TransferError) else f"{type(exc).__name__}: {text}")
+    try:
+        with open_catalog(wait=2.0) as cat:
+            cat.update_run(run_id, status=status, error=error[:2000])
+    except Exception:  # noqa: BLE001 - the original exception is what the caller must see
+        pass
 
 
 def _per_teacher_weights(objective: Objective, slices: dict[str, list[int]]) -> dict[str, float]:

@@ -179,14 +179,18 @@ def _extract(holder: _Model, dataset, split: str, *, limit: int | None = None, b
     key = FeatureKey(spec.name, data.name, split, part.fingerprint, settings)
 
     with _store(catalog) as store:
+        row = store.lookup(key)
+    if row is not None:
+        # Checked against its checksum after the catalog is closed: a pass over a large file must not
+        # keep other processes (training jobs, the app) waiting for the catalog.
         try:
-            hit = store.get(key)
+            hit = store.load(row)
         except DamagedFeatureFile as exc:
             warnings.warn(f"{exc}; computing them again", RuntimeWarning, stacklevel=2)
             hit = None
         if hit is not None:
             return ExtractResult(hit, True, time.perf_counter() - started, spec.name, data.name, split,
-                                 part.fingerprint, settings, path=str(store.path_for(key)))
+                                 part.fingerprint, settings, path=str(store.root / row.path))
 
     fm = holder.get()
     import torch
@@ -219,9 +223,10 @@ def _extract(holder: _Model, dataset, split: str, *, limit: int | None = None, b
                     writer = store.writer(key, n, values.shape[1], "float32")
                 writer.write(rows, values)
                 bar.update(stop - start)
+        writer.finish()  # fsync, checksum and rename before the catalog is opened, for the same reason
         with _store(catalog) as store:
             writer.store = store  # index the file through an open catalog (the lookup's one is closed)
-            row = writer.commit()
+            row = writer.index()
             record(spec, store.catalog)
             store.catalog.upsert_dataset(data.name, split, fingerprint=full.fingerprint, modality=data.modality,
                                          num_examples=len(full), class_names=list(data.class_names),
