@@ -5,6 +5,7 @@ import dataclasses
 import json
 import time
 
+import numpy as np
 import pytest
 
 import zoo
@@ -213,3 +214,60 @@ def test_prompts_follow_appendix_a2():
     assert format_prompt(prompt_for("rte"), ("A.", "B.")).startswith("Sentence 1: A.\nSentence 2: B.\n")
     with pytest.raises(ValueError, match="needs the field"):
         format_prompt(prompt_for("mnli"), {"premise": "p"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure-noise teacher (the paper's section 5.2 control; benchmarks/evidence/noise.py)
+# ---------------------------------------------------------------------------------------------
+def test_noise_spec_is_a_valid_random_teacher_and_bad_ones_are_refused():
+    spec = registry.noise_spec(768, "text")
+    assert (spec.name, spec.source, spec.feature_rule, spec.feature_dim, spec.role) == (
+        "noise-text-768", "noise", "noise", 768, "teacher")
+    assert spec.config_overrides["scale"] == pytest.approx(768 ** -0.5) and spec.random_init
+    assert registry.noise_spec(1280, "image", seed=3).name == "noise-image-1280-s3"
+    assert resolve_weights(spec).kind == "random" and weights_status(spec) == "random"
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="go together"):
+        dataclasses.replace(spec, feature_rule="cls")
+    with pytest.raises(ValueError, match="go together"):
+        zoo.get("minilm-l6").replace(feature_rule="noise")
+    with pytest.raises(ValueError, match="feature_dim and random_init"):
+        dataclasses.replace(spec, random_init=False)
+    for bad in (dict(dim=0, modality="text"), dict(dim=8, modality="audio"), dict(dim=8, modality="text", scale=0)):
+        with pytest.raises(ValueError):
+            registry.noise_spec(**bad)
+
+
+def test_noise_features_are_a_fixed_random_function_of_each_example():
+    from zoo.models import NoiseFeatureModel, load
+
+    spec = registry.noise_spec(64, "text")
+    fm = load(spec)
+    assert isinstance(fm, NoiseFeatureModel) and fm.dim == 64
+    texts = ["good film", "bad film", "fine", "good film"]
+    x = fm.embed(texts)
+    assert x.shape == (4, 64) and x.dtype == np.float32
+    assert np.array_equal(x[0], x[3]) and not np.allclose(x[0], x[1])          # per example, not per position
+    assert np.array_equal(fm.embed(texts[::-1]), x[::-1])                       # any order or batch
+    assert np.array_equal(load(spec).embed(["bad film"])[0], x[1])              # any process: no hidden state
+    assert not np.allclose(load(registry.noise_spec(64, "text", seed=1)).embed(texts), x)   # the seed matters
+    many = fm.embed([f"review {i}" for i in range(2000)])
+    assert abs(many.mean()) < 0.01 and many.std() == pytest.approx(64 ** -0.5, rel=0.02)
+    # the 64 dimensions are independent: their correlations are those of independent samples
+    corr = np.corrcoef(many.T)[np.triu_indices(64, 1)]
+    assert np.abs(corr).max() < 0.12
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    fi = load(registry.noise_spec(32, "image"))
+    assert np.array_equal(fi.embed(images)[1], fi.embed(images[1:2])[0]) and fi.embed(images).shape == (3, 32)
+
+
+def test_a_registered_noise_teacher_is_extracted_and_cached_like_any_model():
+    spec = zoo.register(registry.noise_spec(16, "image"))
+    first = zoo.extract_info(spec.name, "digits", "train", limit=40, progress=False)
+    again = zoo.extract_info(spec.name, "digits", "train", limit=40, progress=False)
+    longer = zoo.extract_info(spec.name, "digits", "train", limit=60, progress=False)
+    assert first.shape == (40, 16) and not first.cached and again.cached
+    assert np.array_equal(np.asarray(longer.features)[:40], np.asarray(first.features))  # same examples, same rows
+    other = zoo.extract_info(zoo.register(registry.noise_spec(16, "image", seed=1)).name, "digits", "train",
+                             limit=40, progress=False)
+    assert not other.cached and not np.allclose(other.features, first.features)

@@ -276,6 +276,42 @@ class SentenceTransformerFeatureModel(FeatureModel):
         return self.net(batch)["sentence_embedding"]
 
 
+class NoiseFeatureModel(FeatureModel):
+    """Features that are pure Gaussian noise (``zoo.registry.noise_spec``): a fixed random function of each example.
+
+    ``preprocess`` hashes each raw example (the text, or the image's pixels and shape) with
+    the spec's seed; ``forward_features`` draws that example's row from a generator seeded by
+    the hash. So an example gets the same row in any batch, order or process, and no row
+    carries information about anything but the example's identity.
+    """
+
+    def __init__(self, spec: ModelSpec, source: WeightsSource):
+        super().__init__(spec, nn.Identity(), source, spec.feature_dim)
+        self.scale = float(spec.config_overrides.get("scale", 1.0 / np.sqrt(spec.feature_dim)))
+
+    def _key(self, example) -> int:
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=8, key=str(self.spec.seed).encode())
+        if isinstance(example, str):
+            h.update(b"text:" + example.encode("utf-8"))
+        else:
+            array = np.ascontiguousarray(example.cpu().numpy() if isinstance(example, torch.Tensor) else example)
+            h.update(f"array:{array.dtype.str}:{array.shape}:".encode() + array.tobytes())
+        return int.from_bytes(h.digest(), "little")
+
+    def preprocess(self, inputs, prompt: str = DEFAULT_PROMPT) -> list[int]:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        return [self._key(x) for x in inputs]
+
+    def forward_features(self, batch: list[int]) -> torch.Tensor:
+        rows = [np.random.default_rng([self.spec.seed, key]).standard_normal(self.dim, dtype=np.float32)
+                for key in batch]
+        out = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return torch.from_numpy(out * np.float32(self.scale))
+
+
 # ---------------------------------------------------------------------------------------------
 # Builders
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +518,8 @@ def load(model: ModelSpec | str, *, weights: str | Path | None = None, device: s
     device = resolve_device(device)
     folder_kind = inspect_folder(source.location)["kind"] if (
         source.kind == "folder" and Path(source.location).is_dir()) else None
+    if spec.source == "noise":
+        return NoiseFeatureModel(spec, source).eval()
     lib = library(spec, folder_kind)
     try:
         with _quiet_loading():

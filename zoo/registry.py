@@ -14,6 +14,8 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import math
+import re
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -23,10 +25,11 @@ from typing import Any, Iterable
 from storage.settings import get_settings
 from zoo import packs
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MODALITIES = ("image", "text")
 ROLES = ("teacher", "student", "both")
-SOURCES = ("timm", "open_clip", "transformers", "sentence-transformers", "local", "pack")
-FEATURE_RULES = ("pooled", "cls", "last_token", "sentence", "decoder_last_token")
+SOURCES = ("timm", "open_clip", "transformers", "sentence-transformers", "local", "pack", "noise")
+FEATURE_RULES = ("pooled", "cls", "last_token", "sentence", "decoder_last_token", "noise")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,8 +89,12 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.name or any(c.isspace() for c in self.name):
-            problems.append(f"name must be a non-empty word; got {self.name!r}")
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            # The name becomes part of folder and file names (features, runs): nothing that could leave them.
+            hint = ("; keep the library's own name (with '/') in hub_id="
+                    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(self.name)) else "")
+            problems.append("name must be letters, digits, '.', '_' and '-', starting with a letter or digit, at "
+                            f"most 128 characters; got {self.name!r}{hint}")
         for attr, allowed in (("modality", MODALITIES), ("role", ROLES), ("source", SOURCES),
                               ("feature_rule", FEATURE_RULES)):
             if getattr(self, attr) not in allowed:
@@ -97,13 +104,17 @@ class ModelSpec:
                 problems.append("an image model needs image_size, mean and std")
             elif len(self.mean) != 3 or len(self.std) != 3:
                 problems.append("mean and std need three values (RGB)")
-            if self.feature_rule != "pooled":
+            if self.feature_rule not in ("pooled", "noise"):
                 problems.append(f"image models use the 'pooled' feature rule; got {self.feature_rule!r}")
         if self.modality == "text":
             if not self.max_length:
                 problems.append("a text model needs max_length")
             if self.feature_rule == "pooled":
                 problems.append("text models use the cls, last_token, decoder_last_token or sentence rule")
+        if (self.source == "noise") != (self.feature_rule == "noise"):
+            problems.append("the 'noise' source and the 'noise' feature rule go together (see noise_spec)")
+        elif self.source == "noise" and not (self.feature_dim and self.random_init):
+            problems.append("a noise model needs feature_dim and random_init=True (see noise_spec)")
         if self.source == "pack" and not self.pack:
             problems.append("a pack model needs the pack's name")
         if self.source == "local" and not self.path:
@@ -258,6 +269,36 @@ _add(_timm("resnet18-small", "resnet", "resnet18", 11_176_512, 512, role="studen
 _add(_timm("vit-tiny-small", "vit", "vit_tiny_patch16_224", 2_691_648, 192, role="student", size=32,
            random_init=True, interpolation="bilinear", create_kwargs={"img_size": 32, "patch_size": 4, "depth": 6},
            description="timm ViT-Tiny at 32x32, patch 4, 6 blocks, random initialisation (no weights)"))
+
+
+def noise_spec(dim: int, modality: str, *, seed: int = 0, scale: float | None = None,
+               name: str | None = None) -> ModelSpec:
+    """A "teacher" whose features are pure Gaussian noise: the control of the paper's section 5.2 (Fig. 6b, 6c).
+
+    Each example gets ``dim`` i.i.d. N(0, scale^2) values drawn from a generator seeded by
+    (``seed``, a hash of the example's own content), so the features are a fixed random
+    function of the input: the same example always gets the same row (cached features stay
+    valid, whatever the order or batch), and they say nothing about the label. ``scale``
+    defaults to 1/sqrt(dim), the paper's N(0, I/d): rows of norm about 1. Register the spec
+    (``zoo.register(noise_spec(...))``) to use it as a teacher by name.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
+    if int(dim) < 1:
+        raise ValueError(f"a noise teacher needs a positive width; got {dim}")
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"the noise scale must be a positive number; got {scale}")
+    # The input settings are never used (the noise reads the raw example) but are part of the
+    # feature-cache key like any model's, so they are set to fixed values.
+    inputs = (dict(image_size=32, mean=HALF, std=HALF, interpolation="bilinear") if modality == "image"
+              else dict(max_length=512, prompt=False))
+    return ModelSpec(name=name or f"noise-{modality}-{dim}" + (f"-s{seed}" if seed else ""), family="noise",
+                     modality=modality, role="teacher", source="noise", params=0, feature_dim=int(dim),
+                     feature_rule="noise", random_init=True, seed=int(seed), config_overrides={"scale": scale},
+                     licence="n/a", description=f"pure Gaussian noise, {dim}-d, N(0, {scale:.4g}^2) per "
+                     f"dimension, a fixed function of each example (seed {seed})", **inputs)
+
 
 # Other spellings people use.
 ALIASES: dict[str, str] = {

@@ -1,0 +1,1 @@
+"""Evidence: scripts that reproduce the AFT paper's claims offline and write docs/evidence/ (see EVIDENCE.md)."""
