@@ -70,10 +70,18 @@ def score_chart(table: pd.DataFrame, metric: str):
 
 
 @lru_cache(maxsize=8)
-def _exported(path: str, mtime: float):
+def _load_exported(path: Path, mtime: float):
     from transfer.runtime import load_export
 
     return load_export(path)  # verifies every file against the manifest's checksums
+
+
+def _exported(path: str):
+    """The export at ``path``, only if it lies under this home's exports: a client names the folder."""
+    from transfer.runtime import own_export
+
+    folder = own_export(path)
+    return _load_exported(folder, (folder / "manifest.json").stat().st_mtime)
 
 
 def build(queue: JobQueue) -> gr.Blocks:
@@ -347,12 +355,13 @@ def build(queue: JobQueue) -> gr.Blocks:
 
         def compare_speed(path, teacher, progress=gr.Progress()):
             from transfer.latency import student_vs_teacher
+            from transfer.runtime import own_export
 
             if not path or not teacher:
                 return "**Export a student and pick a teacher first.**"
             try:
                 progress(0.2, desc=f"timing {teacher} and the student")
-                return views.latency_text(student_vs_teacher(path, teacher))
+                return views.latency_text(student_vs_teacher(own_export(path), teacher))
             except USER_ERRORS as exc:
                 return problem("measure", exc)
 
@@ -360,7 +369,7 @@ def build(queue: JobQueue) -> gr.Blocks:
             if not path:
                 return "**Pick an exported student first.**", None
             try:
-                model = _exported(path, Path(path, "manifest.json").stat().st_mtime)
+                model = _exported(path)
                 if model.modality == "image":
                     if not image:
                         return "**This student reads images: add one above.**", None

@@ -235,19 +235,19 @@ def test_the_server_refuses_an_export_that_fails_its_checksums(export_dir, tmp_p
     assert out.returncode == 1 and "failed its checksum check" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_load_own_export_refuses_folders_outside_the_exports_root(export_dir, tmp_path):
+def test_own_export_refuses_folders_outside_the_exports_root(export_dir, tmp_path):
     root = export_dir.parent
-    assert runtime.load_own_export(export_dir, root=root).name == export_dir.name
+    assert runtime.own_export(export_dir, root=root) == export_dir.resolve()
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(export_dir, elsewhere)  # intact, checksums fine, but not this home's
     for folder in (elsewhere, root / ".." / ".." / "x", root):
         with pytest.raises(runtime.ExportError, match="is not an export of this aftzoo home"):
-            runtime.load_own_export(folder, root=root)
+            runtime.own_export(folder, root=root)
     link = root / "link-to-elsewhere"
     link.symlink_to(elsewhere)
     try:
         with pytest.raises(runtime.ExportError, match="is not an export of this aftzoo home"):
-            runtime.load_own_export(link, root=root)
+            runtime.own_export(link, root=root)
     finally:
         link.unlink()
 
@@ -263,8 +263,6 @@ def test_the_app_refuses_a_tampered_export_of_its_own(app_server, export_dir):
     assert not labels
 
 
-@pytest.mark.xfail(strict=True, reason="app/web.py's classify loads any folder a client names; it should call "
-                                       "transfer.runtime.load_own_export (owned by the app's engineer)")
 def test_the_app_loads_only_exports_of_its_own_home(app_server, export_dir):
     gradio_client = pytest.importorskip("gradio_client")
     client = gradio_client.Client(app_server["url"], verbose=False)

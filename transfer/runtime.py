@@ -531,11 +531,6 @@ def own_export(folder: str | Path, root: str | Path | None = None) -> Path:
     return path
 
 
-def load_own_export(folder: str | Path, root: str | Path | None = None, **kwargs) -> ExportedModel:
-    """``load_export`` of ``own_export(folder, root)``: verified, and only from this home's exports."""
-    return load_export(own_export(folder, root), **kwargs)
-
-
 def find_exports(root: str | Path) -> list[Path]:
     """Folders under ``root`` (one level) that hold a manifest; unchecked."""
     root = Path(root)

@@ -86,22 +86,26 @@ def rank(dataset: str, models: list[str], metrics: tuple[str, ...] | list[str] =
         if on_progress:
             on_progress((i + 0.5) / len(models), f"scoring {model}")
         row: dict = {"model": model, "dim": features.shape[1], "n": features.shape[0]}
-        skipped = []
+        skipped, inserts = [], []
+        # Score first, then open the catalog only to insert: a 5-fold probe can take minutes, and a
+        # training job in another process must not wait that long to log its metrics.
+        for metric in metrics:
+            started = time.perf_counter()
+            if metric in ("leep", "nce") and probs is None:
+                row[metric] = None
+                skipped.append(f"{metric}: {reason}")
+                continue
+            row[metric] = float(_score(metric, features, labels, probs))
+            inserts.append((metric, json.dumps({"split": split, "n": int(features.shape[0]),
+                                                "dim": int(features.shape[1]),
+                                                "seconds": time.perf_counter() - started})))
         with open_catalog() as cat:
             fs = cat.find_feature_set(model, info.fingerprint, split, _settings_key(info))
-            for metric in metrics:
-                started = time.perf_counter()
-                if metric in ("leep", "nce") and probs is None:
-                    row[metric] = None
-                    skipped.append(f"{metric}: {reason}")
-                    continue
-                row[metric] = float(_score(metric, features, labels, probs))
+            for metric, details in inserts:
                 cat.execute(
                     "INSERT INTO rankings (dataset, fingerprint, model, metric, score, feature_set_id, details) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [data.name, info.fingerprint, model, metric, row[metric], fs.id if fs else None,
-                     json.dumps({"split": split, "n": int(features.shape[0]), "dim": int(features.shape[1]),
-                                 "seconds": time.perf_counter() - started})])
+                    [data.name, info.fingerprint, model, metric, row[metric], fs.id if fs else None, details])
         row["skipped"] = "; ".join(skipped)
         rows.append(row)
     if on_progress:
