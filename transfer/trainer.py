@@ -262,7 +262,10 @@ def train_step(student: Student, objective: Objective, optimizer: torch.optim.Op
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_([*student.parameters(), *objective.parameters()], grad_clip)
+    # Each group clipped on its own: one norm over both let an objective's large first gradient (FT's
+    # zero-initialised last layer meets a normalisation at 0: norm ~1e9) shrink the student's step to nothing.
+    torch.nn.utils.clip_grad_norm_(list(student.parameters()), grad_clip)
+    torch.nn.utils.clip_grad_norm_(list(objective.parameters()), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return loss.item(), ce.item(), reg.item(), logits.detach()
@@ -510,6 +513,7 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
     objective.train()
     correct = seen = 0
     perm_epoch, perm = -1, None
+    metrics: dict[str, float] = {}
     try:
         try:
             while step < total_steps:
@@ -536,7 +540,7 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
                 if bar is not None:
                     bar.update(1)
 
-                metrics: dict[str, float] = {}
+                metrics = {}
                 if step % cfg.log_every == 0 or step == total_steps:
                     metrics.update(loss=loss, ce=ce, reg=reg, lr=scheduler.get_last_lr()[0])
                 if step % cfg.eval_every == 0 or step == total_steps:
@@ -564,7 +568,10 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
         finally:
             if bar is not None:
                 bar.close()
-        accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
+        # The loop evaluated after its last step; a resumed run that had nothing left to train did not.
+        accuracy = metrics.get(f"{data.eval_name}_acc")
+        if accuracy is None:
+            accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
         checkpoint()
         return finish("completed", accuracy=accuracy)
     except BaseException as exc:
