@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,31 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-AFTZOO = str(Path(sys.executable).with_name("aftzoo"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_app(home: Path, jobs: int) -> tuple[subprocess.Popen, str, Path]:
     from storage.settings import Settings
+    from tests.conftest import start_app as start_app_process  # the tests' launcher: one way to start the app
 
-    port, log = _free_port(), home / "app.log"
-    env = {**os.environ, "AFTZOO_HOME": str(home), "AFTZOO_JOBS": str(jobs), "AFTZOO_PACKS": str(Settings().packs_dir)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([AFTZOO, "app", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=REPO)
-    deadline = time.monotonic() + 180
-    while "aftzoo app on" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the app did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.3)
-    return proc, f"http://127.0.0.1:{port}/", log
+    env = {"AFTZOO_JOBS": str(jobs), "AFTZOO_PACKS": str(Settings().packs_dir)}
+    return start_app_process(home, env=env, timeout=180)
 
 
 class Sampler:

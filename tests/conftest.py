@@ -1,8 +1,12 @@
 """Every test runs against a throw-away AFTZOO_HOME; offline packs are shared read-only."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +69,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, log_level: str = "warning"):
+    """``app`` (ASGI) served by uvicorn in a thread on a free loopback port; yields the port, stops on exit."""
+    from app.serve import build_server
+
+    # The socket is bound here, not by uvicorn, so the port is known before the server starts.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    srv = build_server(app, "127.0.0.1", port, log_level=log_level, access_log=False)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"
 
 
 def start_app(home: Path, *args: str, env: dict | None = None, timeout: float = 120):

@@ -12,10 +12,7 @@ import base64
 import gzip
 import io
 import json
-import socket
 import subprocess
-import threading
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,10 +24,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import app as cli
-from app.serve import build_server, create_app
+from app.serve import create_app
 from storage.catalog import open_catalog
 from storage.features import FeatureKey, FeatureStore
-from tests.conftest import AFTZOO
+from tests.conftest import AFTZOO, serve_in_thread
 from tests.test_export import exported
 from transfer import runtime
 
@@ -49,20 +46,8 @@ def models():
 @pytest.fixture(scope="module")
 def server(models):
     app = create_app([models["image_dir"], models["text_dir"]], max_body_bytes=MAX_BODY, max_batch=MAX_BATCH)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    srv = build_server(app, "127.0.0.1", sock.getsockname()[1], log_level="critical", access_log=False)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    with serve_in_thread(app, log_level="critical") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -8,10 +8,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -19,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.serve import build_server, create_app, load_models, warn_if_exposed
-from tests.conftest import REPO
+from app.serve import create_app, load_models, warn_if_exposed
+from tests.conftest import REPO, serve_in_thread
 from tests.test_export import exported
 from transfer import runtime
 from zoo.datasets import load_dataset
@@ -57,22 +55,8 @@ def local(models):
 @pytest.fixture(scope="module")
 def server(models):
     app = create_app([models["image_dir"], models["text_dir"]], max_body_bytes=MAX_BODY, max_batch=MAX_BATCH)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    srv = build_server(app, "127.0.0.1", port, log_level="warning", access_log=False)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    assert not thread.is_alive(), "the server did not stop"
-    sock.close()
+    with serve_in_thread(app) as port:
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture
