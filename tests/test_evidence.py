@@ -100,3 +100,13 @@ def test_noise_script_end_to_end_writes_json_png_and_catalog_runs(home, tmp_path
     done = common._find_completed(s.config("aft", aft["teachers"], 1, aft["beta"]))
     assert done is not None and done["id"] == aft["runs"][1] and done["accuracy"] == aft["accuracy"][1]
     assert common._find_completed(s.config("aft", aft["teachers"], 2, aft["beta"])) is None   # no seed 2 yet
+
+
+def test_beta_flag_takes_one_value_or_a_grid():
+    import argparse
+
+    assert common._betas("1") == (1.0,)
+    assert common._betas("1, 0.01,0.1,1") == (0.01, 0.1, 1.0)     # sorted, duplicates dropped
+    for bad in ("", "x", "0.1,-1", "nan", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            common._betas(bad)

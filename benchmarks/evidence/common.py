@@ -20,7 +20,7 @@ Identical runs are not repeated: before training, the catalog is searched for a 
 the same configuration (every field that changes the result). So experiments share their common
 runs (AFT with Lite2 appears in five of them) and rerunning a script only redraws its figure;
 ``--fresh`` trains everything again. Run one script at a time per AFTZOO_HOME: the catalog takes
-one writer, and a run that cannot flush its metrics within the catalog's 10 s wait fails.
+one writer (a run waits up to 120 s for its turn; several scripts at once slow each other down).
 """
 from __future__ import annotations
 
@@ -151,27 +151,42 @@ class Context:
             s = dataclasses.replace(s, seeds=self.seeds_override)
         if self.args.steps:
             s = dataclasses.replace(s, steps=self.args.steps)
-        if self.args.beta is not None:   # a one-point grid: that beta, no hold-out search
-            s = dataclasses.replace(s, beta_grid=(self.args.beta,))
+        if self.args.beta is not None:   # one value: that beta, no hold-out search; several: the grid searched
+            s = dataclasses.replace(s, beta_grid=self.args.beta)
         return s
 
     @property
     def label(self) -> str:
         """``small size`` (``, 640 steps, beta 1`` when changed): for figure titles."""
         return (f"{self.size} size" + (f", {self.args.steps} steps" if self.args.steps else "")
-                + (f", beta {self.args.beta:g}" if self.args.beta is not None else ""))
+                + (f", beta {_betas_text(self.args.beta, ', ')}" if self.args.beta is not None else ""))
 
     @property
     def suffix(self) -> str:
         """The output names say the size, and any change to it (``noise_steps640_beta1.json``)."""
         parts = [] if self.size == "small" else [self.size]
         parts += [f"steps{self.args.steps}"] if self.args.steps else []
-        parts += [f"beta{self.args.beta:g}"] if self.args.beta is not None else []
+        parts += [f"beta{_betas_text(self.args.beta, '-')}"] if self.args.beta is not None else []
         return "".join(f"_{p}" for p in parts)
 
     @property
     def command(self) -> str:
         return "python -m benchmarks.evidence." + self.name + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
+
+
+def _betas(text: str) -> tuple[float, ...]:
+    """``--beta``: "1" or "0.01,0.1,1" -> sorted distinct values, each a number >= 0."""
+    try:
+        values = tuple(sorted({float(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (1 or 0.01,0.1,1); got {text!r}")
+    if not values or not all(v >= 0 and math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"every beta must be a number >= 0; got {text!r}")
+    return values
+
+
+def _betas_text(values: tuple[float, ...], sep: str) -> str:
+    return sep.join(f"{v:g}" for v in values)
 
 
 def start(name: str, doc: str, add_args=None) -> Context:
@@ -184,8 +199,9 @@ def start(name: str, doc: str, add_args=None) -> Context:
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (0, 1, ...); default: the size's")
     ap.add_argument("--steps", type=int, default=None, help="training steps instead of the size's (rounded up to "
                     "whole epochs); the output names say so")
-    ap.add_argument("--beta", type=float, default=None, help="a fixed beta instead of the hold-out search; the "
-                    "output names say so")
+    ap.add_argument("--beta", type=_betas, default=None, metavar="B[,B...]",
+                    help="one beta: fixed, no hold-out search; several (0.01,0.1,1): the grid the hold-out search "
+                         "tries, instead of the size's; the output names say so")
     ap.add_argument("--out", type=Path, default=DOCS, help="where the JSON and PNG go (default docs/evidence)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 by default: on 2 cores shared with other work, 2 threads ran a MiniLM "
@@ -201,8 +217,6 @@ def start(name: str, doc: str, add_args=None) -> Context:
         ap.error("--seeds must be at least 1")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
-    if args.beta is not None and not args.beta >= 0:
-        ap.error("--beta must be a number >= 0")
     if args.threads > 0:
         import torch
 
@@ -456,7 +470,7 @@ def dot_plot(ax, labels: list[str], values: list[list[float]], *, lines=(), ylab
 def save(ctx: Context, payload: dict, fig=None) -> dict:
     """Write ``<name>[_full|_tiny].json`` (and ``.png``) into the output folder; returns the paths."""
     ctx.out.mkdir(parents=True, exist_ok=True)
-    stem = ctx.out / f"{ctx.name}{ctx.suffix}"
+    stem = f"{ctx.name}{ctx.suffix}"   # a string: "beta0.1" must not read as a file extension
     wall = time.perf_counter() - ctx.started
     from storage.settings import get_settings
 
@@ -467,12 +481,12 @@ def save(ctx: Context, payload: dict, fig=None) -> dict:
                "train_seconds_total": round(ctx.train_seconds, 1), "configurations": dict(ctx.counts),
                "torch_threads": ctx.args.threads, "load_average_at_start": round(ctx.load_at_start, 2),
                "aftzoo_home": str(get_settings().home), **payload}
-    paths = {"json": str(stem.with_suffix(".json"))}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=_jsonable) + "\n")
+    paths = {"json": str(ctx.out / f"{stem}.json")}
+    Path(paths["json"]).write_text(json.dumps(payload, indent=1, default=_jsonable) + "\n")
     if fig is not None:
         fig.tight_layout()
-        fig.savefig(stem.with_suffix(".png"), dpi=110)
-        paths["png"] = str(stem.with_suffix(".png"))
+        paths["png"] = str(ctx.out / f"{stem}.png")
+        fig.savefig(paths["png"], dpi=110)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
