@@ -192,6 +192,7 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
 
 # Commands kept in their own modules; the serving ones must not import torch (predict runs without it).
 from app.data_cli import add_dataset_cmd, remove_dataset_cmd
+from app.launch_cli import PASS_THROUGH, launch_cmd, sweep_cmd  # noqa: E402
 from app.serving_cli import export_cmd, predict_cmd, serve_cmd  # noqa: E402
 from app.transfer_cli import cancel_cmd, rank_cmd, runs_cmd, transfer_cmd  # noqa: E402
 
@@ -204,6 +205,8 @@ app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)
 app.command("add-dataset")(add_dataset_cmd)
 app.command("remove-dataset")(remove_dataset_cmd)
+app.command("launch", context_settings=PASS_THROUGH, options_metavar="[OPTIONS] -- extract|transfer ARGS...")(launch_cmd)
+app.command("sweep")(sweep_cmd)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err = Console(stderr=True)
@@ -13,7 +14,9 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> None:
     """One clear line on stderr and a non-zero exit; never a traceback."""
-    err.print(f"[bold red]error:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote paths and backend errors such as gloo's "[/.../pair.cc:545]", which rich
+    # would read as markup and fail on.
+    err.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

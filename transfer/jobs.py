@@ -11,6 +11,8 @@ stops after its current step, writes a checkpoint and can be resumed. A worker t
 not stopped ``kill_after`` seconds later (still extracting teacher features, say) is
 killed; its run, if it had one, is marked cancelled and resumes from its last checkpoint.
 
+``sweep`` runs hyper-parameter trials (beta, learning rates, ...) as parallel jobs of one queue.
+
     python -m transfer.jobs transfer RUN_ID CONFIG_JSON     # what the queue runs
     python -m transfer.jobs resume RUN_ID
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -96,15 +100,9 @@ class JobQueue:
 
     def submit_resume(self, run_id: str) -> Job:
         """Queue the continuation of a cancelled, failed or killed run from its last checkpoint."""
-        from storage.catalog import open_catalog
-        from transfer.trainer import TransferError
+        from transfer.trainer import TransferError, check_resumable
 
-        with open_catalog() as cat:
-            row = cat.get_run(run_id)
-        if row is None:
-            raise TransferError(f"no run {run_id!r} in the catalog; pick one from the runs table")
-        if row["status"] == "completed":
-            raise TransferError(f"run {run_id} already completed; nothing to resume")
+        row = check_resumable(run_id)
         with self._lock:
             if any(j.run_id == run_id and not j.done for j in self._jobs.values()):
                 raise TransferError(f"run {run_id} is already queued or running here")
@@ -221,6 +219,75 @@ class JobQueue:
             else:
                 job.state, job.error = "failed", _last_line(job.log) or f"the worker exited with status {code}"
                 _mark_stopped(job.run_id, "failed", job.error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps: one job per trial, several at a time
+# ---------------------------------------------------------------------------------------------
+NOT_SWEPT = ("dataset", "holdout_fraction", "parent", "beta_grid")  # what the trials share or the sweep sets
+
+
+def sweep_configs(base, grid: dict[str, list], holdout_fraction: float = 0.1) -> list:
+    """One ``TransferConfig`` per combination of ``grid``'s values (the first key varies slowest), each
+    evaluated on ``holdout_fraction`` of the training set (0: on the test split). All are validated here."""
+    from transfer.trainer import TransferConfig, TransferError, _known_names
+
+    cfg = base if isinstance(base, TransferConfig) else TransferConfig.from_dict(dict(base))
+    fields = {f.name for f in dataclasses.fields(TransferConfig)}
+    unknown = sorted(set(grid) - fields)
+    if unknown:
+        raise TransferError(f"cannot sweep {', '.join(unknown)}: not transfer settings; sweep any of "
+                            f"{', '.join(sorted(fields - set(NOT_SWEPT)))}")
+    fixed = sorted(set(grid) & set(NOT_SWEPT))
+    if fixed:
+        raise TransferError(f"cannot sweep {', '.join(fixed)}: every trial of a sweep shares it")
+    empty = [name for name, values in grid.items() if not list(values)]
+    if not grid or empty:
+        raise TransferError(f"a sweep needs at least one value of each swept setting; got none for "
+                            f"{', '.join(empty) or 'any setting'}")
+    if not 0 <= holdout_fraction < 1:
+        raise TransferError(f"the hold-out fraction must be in [0, 1); got {holdout_fraction}")
+    configs = [dataclasses.replace(cfg, **dict(zip(grid, values)), holdout_fraction=holdout_fraction)
+               for values in itertools.product(*grid.values())]
+    for trial in configs:
+        if trial.beta == "auto":
+            raise TransferError("a sweep's trials need a numeric beta ('auto' is a search of its own); "
+                                "sweep it with --beta 0.1,1,10")
+        trial.validate()
+    _known_names(cfg)
+    return configs
+
+
+def sweep(base, grid: dict[str, list], *, parallel: int = 2, holdout_fraction: float = 0.1,
+          timeout: float | None = None) -> list[dict]:
+    """Train one run per combination of ``grid``'s values, ``parallel`` at a time, each in a worker process of a
+    ``JobQueue``; return one row per trial, best first (completed trials by accuracy, then the others).
+
+    ``grid`` maps ``TransferConfig`` fields to the values to try, e.g. ``{"beta": [0.1, 1, 10], "lr": [1e-3]}``.
+    Accuracy is measured on a ``holdout_fraction`` of the training set, as ``beta="auto"`` does (with 0, on
+    the test split: optimistic for the chosen trial). Each trial is an ordinary run in the catalog, visible in the
+    app; Ctrl+C cancels the running trials, which keep their checkpoints and can be resumed.
+    """
+    configs = sweep_configs(base, grid, holdout_fraction)
+    queue = JobQueue(workers=parallel)  # also validates ``parallel``; its workers share the cores (worker_environment)
+    try:
+        jobs = [queue.submit(cfg) for cfg in configs]
+        done = [queue.wait(job.id, timeout) for job in jobs]
+    except BaseException:
+        queue.shutdown(cancel_running=True)
+        raise
+    queue.shutdown(cancel_running=False)
+    from storage.catalog import open_catalog
+
+    with open_catalog() as cat:
+        runs = {job.run_id: cat.get_run(job.run_id) or {} for job in done}
+    rows = []
+    for cfg, job in zip(configs, done):
+        run = runs[job.run_id]
+        rows.append({"run_id": job.run_id, **{name: getattr(cfg, name) for name in grid}, "state": job.state,
+                     "accuracy": run.get("test_accuracy"), "evaluated_on": "holdout" if holdout_fraction else "test",
+                     "seconds": run.get("wall_seconds"), "error": job.error})
+    return sorted(rows, key=lambda r: (r["accuracy"] is None, -(r["accuracy"] or 0.0)))
 
 
 # The app's login is the app's business: a worker never needs it, so its environment (which a

@@ -7,11 +7,21 @@ and the objective's own parameters (AFT's s, KD's map, ...) at ``objective_lr``;
 follow one cosine decay. The number of steps is rounded up to whole epochs, as in the
 paper. Metrics go to the catalog as training goes; a checkpoint is written every
 ``checkpoint_every`` steps, and ``resume(run_id)`` continues from the last one.
+
+Under torchrun (``aftzoo launch -- transfer ...``) every process runs the same loop on its own
+slice of each global batch, with the student and the objective under DistributedDataParallel.
+The batch size, the per-epoch permutation and the objective are those of a single process: the
+cross-entropy is scaled so that the averaged gradients are the whole batch's, and the regulariser
+is computed on the student features of the whole batch, all-gathered with their gradients (AFT's
+kernel compares every pair of examples of the batch, so a kernel per process would be another
+objective). BatchNorm statistics are each process's own, as in DistributedDataParallel by default.
+Rank 0 alone writes the catalog and checkpoints and evaluates.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,15 +36,18 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from storage.catalog import open_catalog
 from storage.settings import get_settings, resolve_device
+from transfer import distributed
 from transfer.objectives import METHODS, Objective, make_objective
 from transfer.students import Student, build_student
 from zoo.datasets import Dataset, load_dataset
 from zoo.extract import extract_info
 from zoo.prompts import prompt_for
+from zoo.registry import ModelSpec, is_builtin, register
 from zoo.registry import get as get_spec
 
 BETA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -246,21 +259,49 @@ def evaluate(student: Student, inputs, labels: np.ndarray, prompt: str, batch_si
     return correct / len(labels)
 
 
+class _Net(nn.Module):
+    """The student and its objective as one module, ``forward -> (logits, ce, R)``: the unit DistributedDataParallel
+    keeps in sync across processes, the objective's own parameters (AFT's s, KD's map) included."""
+
+    def __init__(self, student: Student, objective: Objective, device: str):
+        super().__init__()
+        self.student, self.objective, self.device = student, objective, device
+
+    def forward(self, batch, labels: torch.Tensor, psi: torch.Tensor | None, total: int):
+        with _autocast(self.device):
+            logits, phi = self.student(batch)
+        if len(labels) == total:
+            ce = F.cross_entropy(logits.float(), labels)
+        else:  # this process's part of the whole batch's mean: the parts of all processes sum to it
+            ce = F.cross_entropy(logits.float(), labels, reduction="sum") / total
+        if not self.objective.uses_teacher:
+            return logits, ce, phi.new_zeros(())
+        # The regulariser compares kernels of whole batches: keep it in float32, and give it every process's rows,
+        # so that R is the one of the global batch, as in a single process (psi already is the global batch's).
+        return logits, ce, self.objective(distributed.gather_rows(phi.float(), total), psi)
+
+
 def train_step(student: Student, objective: Objective, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, batch, labels: torch.Tensor, psi: torch.Tensor | None, beta: float,
-               grad_clip: float, device: str) -> tuple[float, float, float, torch.Tensor] | None:
+               grad_clip: float, device: str, *, net: nn.Module | None = None,
+               batch_total: int | None = None) -> tuple[float, float, float, torch.Tensor] | None:
     """One optimisation step on ``ce + beta * R``; returns (loss, ce, reg, logits), or None if the loss is not finite
-    (then nothing is updated)."""
-    with _autocast(device):
-        logits, phi = student(batch)
-    ce = F.cross_entropy(logits.float(), labels)
-    # The regulariser compares kernels of whole batches: keep it in float32.
-    reg = objective(phi.float(), psi) if objective.uses_teacher else phi.new_zeros(())
-    loss = ce + beta * reg
+    (then nothing is updated).
+
+    In a multi-process run ``net`` is ``_Net(student, objective)`` under DistributedDataParallel; ``batch`` and
+    ``labels`` are this process's rows of a global batch of ``batch_total`` examples, ``psi`` the teachers' features
+    of the whole global batch. The loss, ce and reg returned are the global batch's, equal on every process, so
+    all of them take (or skip) the step together.
+    """
+    net = net or _Net(student, objective, device)
+    logits, ce, reg = net(batch, labels, psi, batch_total or len(labels))
+    ce_all = distributed.sum_over_ranks(ce.detach())  # the processes' parts -> the whole batch's mean
+    loss = ce_all + beta * reg.detach()
     if not torch.isfinite(loss):
         return None
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    # DDP averages the processes' gradients: times the number of processes, the average is the sum of the parts'.
+    scaler.scale(ce * distributed.current().world_size + beta * reg).backward()
     scaler.unscale_(optimizer)
     # Each group clipped on its own: one norm over both let an objective's large first gradient (FT's
     # zero-initialised last layer meets a normalisation at 0: norm ~1e9) shrink the student's step to nothing.
@@ -268,7 +309,16 @@ def train_step(student: Student, objective: Objective, optimizer: torch.optim.Op
     torch.nn.utils.clip_grad_norm_(list(objective.parameters()), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss.item(), ce.item(), reg.item(), logits.detach()
+    return loss.item(), ce_all.item(), reg.item(), logits.detach()
+
+
+def _check_split(n: int, batch_size: int, world_size: int) -> None:
+    """Every process must hold at least one example of every batch (each computes a loss and gradients)."""
+    smallest = n % batch_size or batch_size
+    if smallest < world_size:
+        raise TransferError(f"{world_size} processes split every batch, so each batch needs at least {world_size} "
+                            f"examples; batches of {batch_size} from {n} training examples leave {smallest} in the "
+                            "last one of each epoch: choose another --batch-size (or --limit-train)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,11 +397,21 @@ def new_run_id(cfg: TransferConfig) -> str:
     return f"{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def _known_names(cfg: TransferConfig) -> None:
-    """Fail before any work on a bad data-set, student or teacher name (the errors list valid names)."""
+def _known_names(cfg: TransferConfig) -> list[ModelSpec]:
+    """Fail before any work on a bad data-set, student or teacher name (the errors list valid names); return the
+    models' specs."""
     load_dataset(cfg.dataset)
-    for name in [cfg.student, *cfg.teachers]:
-        get_spec(name)
+    return [get_spec(name) for name in [cfg.student, *cfg.teachers]]
+
+
+def _share_names(cfg: TransferConfig) -> None:
+    """``_known_names`` on rank 0, whose answers the other processes register: a user's model may be recorded in
+    the catalog, which they do not open."""
+    specs = distributed.on_main(lambda: _known_names(cfg))
+    if not distributed.current().is_main:
+        for spec in specs:
+            if not is_builtin(spec.name):
+                register(spec, overwrite=True)
 
 
 def run(config: TransferConfig | dict, *, run_id: str | None = None, progress: bool = True,
@@ -359,12 +419,14 @@ def run(config: TransferConfig | dict, *, run_id: str | None = None, progress: b
     """Train ``config.student`` with ``config.method``; every run (and each beta trial) is recorded.
 
     ``run_id`` lets a caller that launches the run elsewhere (the app's job queue) know its id
-    before it exists; by default one is made from the method, data set and time.
+    before it exists; by default one is made from the method, data set and time. Under torchrun
+    every process calls this alike (see the module's docstring); ``on_step`` runs on rank 0.
     """
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(config)
     cfg.validate()
-    _known_names(cfg)
-    run_id = run_id or new_run_id(cfg)
+    distributed.init()  # under torchrun: join the other processes (nothing to do in a single process)
+    _share_names(cfg)
+    run_id = distributed.broadcast(run_id or new_run_id(cfg))  # one id for the run, rank 0's
     if not _RUN_ID.fullmatch(run_id):
         raise TransferError(f"a run id is letters, digits, '.', '_' and '-' (it names a folder); got {run_id!r}")
     if cfg.beta == "auto":
@@ -372,16 +434,24 @@ def run(config: TransferConfig | dict, *, run_id: str | None = None, progress: b
     return _train(run_id, cfg, resume=False, progress=progress, cancel=cancel, on_step=on_step)
 
 
-def resume(run_id: str, *, progress: bool = True, cancel: threading.Event | None = None,
-           on_step: Callable[[dict], None] | None = None) -> TransferResult:
-    """Continue a killed, failed or cancelled run from its last checkpoint."""
+def check_resumable(run_id: str) -> dict:
+    """The catalog row of ``run_id`` if it can be resumed; ``TransferError`` saying why not otherwise."""
     with open_catalog() as cat:
         row = cat.get_run(run_id)
     if row is None:
-        raise TransferError(f"no run {run_id!r} in the catalog; list runs with `aftzoo runs`")
+        raise TransferError(f"no run {run_id!r} in the catalog; list runs with `aftzoo runs` or on the app's Runs page")
     if row["status"] == "completed":
         raise TransferError(f"run {run_id} already completed ({row['step']} steps); nothing to resume")
+    return row
+
+
+def resume(run_id: str, *, progress: bool = True, cancel: threading.Event | None = None,
+           on_step: Callable[[dict], None] | None = None) -> TransferResult:
+    """Continue a killed, failed or cancelled run from its last checkpoint (with any number of processes)."""
+    distributed.init()
+    row = distributed.on_main(lambda: check_resumable(run_id))
     cfg = TransferConfig.from_dict(row["config"])
+    _share_names(cfg)
     return _train(run_id, cfg, resume=True, progress=progress, cancel=cancel, on_step=on_step)
 
 
@@ -403,11 +473,16 @@ def request_cancel(run_id: str) -> None:
 
 def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, cancel: threading.Event | None,
            on_step: Callable[[dict], None] | None) -> TransferResult:
+    """Train one run. In a multi-process job every process runs this; rank 0 alone uses the catalog, writes
+    checkpoints, evaluates and calls ``on_step``, and every process takes the same decisions at the same steps."""
+    ctx = distributed.current()
     device = resolve_device(cfg.device)
-    data = _prepare_data(cfg, progress)
+    data = _prepare_data(cfg, progress and ctx.is_main)
     spec = get_spec(cfg.student)
     batch_size = cfg.batch_size or (128 if spec.modality == "image" else 64)
     batch_size = min(batch_size, len(data.train_labels))
+    if ctx.active:
+        _check_split(len(data.train_labels), batch_size, ctx.world_size)
     steps_per_epoch = math.ceil(len(data.train_labels) / batch_size)
     total_steps = math.ceil(cfg.steps / steps_per_epoch) * steps_per_epoch
     prompt = prompt_for(cfg.dataset) if spec.modality == "text" and spec.prompt else "{text}"
@@ -428,37 +503,52 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     run_dir = _run_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    step, wall_before = 0, 0.0
     record = {**cfg.to_dict(), "teacher_slices": data.teacher_slices, "data_fingerprint": data.fingerprint,
-              "batch_size_used": batch_size, "total_steps": total_steps, "device_used": device}
-    with open_catalog(wait=CATALOG_WAIT) as cat:
-        if resume:
+              "batch_size_used": batch_size, "total_steps": total_steps, "device_used": device,
+              **({"processes": ctx.world_size} if ctx.active else {})}
+
+    def restore(state: dict) -> None:
+        try:
+            student.load_state_dict(state["student"])
+            objective.load_state_dict(state["objective"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint {ckpt_path} does not fit run {run_id} "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                                  "start a new run") from None
+
+    def open_run() -> dict | None:
+        """Rank 0: the run's row, and the checkpoint it resumes from (restored here, before the row changes)."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open_catalog(wait=CATALOG_WAIT) as cat:
+            if not resume:
+                cat.create_run(run_id, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers,
+                               method=cfg.method, config=record, total_steps=total_steps)
+                return None
             row = cat.get_run(run_id)
             if row["config"].get("data_fingerprint") not in (None, data.fingerprint):
                 raise TransferError(f"the data of {cfg.dataset} changed since run {run_id} started "
                                     "(fingerprint mismatch); start a new run")
             _sweep_checkpoint_tmp(run_dir)
-            if ckpt_path.is_file():
-                state = load_checkpoint(ckpt_path, device)
-                try:
-                    student.load_state_dict(state["student"])
-                    objective.load_state_dict(state["objective"])
-                    optimizer.load_state_dict(state["optimizer"])
-                    scheduler.load_state_dict(state["scheduler"])
-                    scaler.load_state_dict(state["scaler"])
-                    torch.set_rng_state(state["torch_rng"])
-                    step, wall_before = int(state["step"]), float(state["wall_seconds"])
-                except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-                    raise CheckpointError(f"the checkpoint {ckpt_path} does not fit run {run_id} "
-                                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                                          "start a new run") from None
-            cat.truncate_metrics(run_id, step)
-            cat.update_run(run_id, status="running", step=step, error=None)
-        else:
-            cat.create_run(run_id, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers,
-                           method=cfg.method, config=record, total_steps=total_steps)
+            # On the CPU: the RNG state must stay there, and the other processes receive a copy of it.
+            state = load_checkpoint(ckpt_path, "cpu") if ckpt_path.is_file() else None
+            if state is not None:
+                restore(state)
+            cat.truncate_metrics(run_id, 0 if state is None else int(state["step"]))
+            cat.update_run(run_id, status="running", step=0 if state is None else int(state["step"]), error=None)
+            return state
+
+    state = distributed.on_main(open_run)
+    step, wall_before = 0, 0.0
+    if state is not None:
+        if not ctx.is_main:
+            restore(state)
+        step, wall_before = int(state["step"]), float(state["wall_seconds"])
+    net = distributed.wrap(_Net(student, objective, device))
 
     psi_all = None if data.teacher_features is None else torch.from_numpy(data.teacher_features)
     beta = float(cfg.beta)
@@ -504,13 +594,20 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
         finished = True
         return TransferResult(run_id, record, status, accuracy, step, wall)
 
+    def complete() -> TransferResult:
+        # The loop evaluated after its last step; a resumed run that had nothing left to train did not.
+        accuracy = metrics.get(f"{data.eval_name}_acc")
+        if accuracy is None:
+            accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
+        checkpoint()
+        return finish("completed", accuracy=accuracy)
+
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} {cfg.student}", unit="step")
-    student.train()
-    objective.train()
+    net.train()
     correct = seen = 0
     perm_epoch, perm = -1, None
     metrics: dict[str, float] = {}
@@ -519,24 +616,27 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
             while step < total_steps:
                 epoch, offset = divmod(step, steps_per_epoch)
                 if epoch != perm_epoch:
-                    # One permutation per epoch from (seed, epoch): a resumed run sees the same batches.
+                    # One permutation per epoch from (seed, epoch): a resumed run sees the same batches, and so
+                    # does every process of a multi-process run.
                     perm_epoch, perm = epoch, torch.randperm(len(data.train_labels), generator=torch.Generator(
                         ).manual_seed(cfg.seed * 100_003 + epoch)).numpy()
                 idx = perm[offset * batch_size:(offset + 1) * batch_size]
-                labels = torch.from_numpy(data.train_labels[idx]).to(device)
-                psi = None if psi_all is None else psi_all[idx].to(device)
+                mine = idx[distributed.shard(len(idx), ctx)]  # this process's rows (all of them in one process)
+                labels = torch.from_numpy(data.train_labels[mine]).to(device)
+                psi = None if psi_all is None else psi_all[idx].to(device)  # the whole batch's: R compares them all
                 out = train_step(student, objective, optimizer, scaler, student.preprocess(
-                    _take(data.train_inputs, idx), prompt), labels, psi, beta, cfg.grad_clip, device)
+                    _take(data.train_inputs, mine), prompt), labels, psi, beta, cfg.grad_clip, device, net=net,
+                    batch_total=len(idx))
                 if out is None:
                     msg = (f"the loss became non-finite at step {step + 1}; lower --lr or --beta. "
                            f"The last good checkpoint (step {last_good}) is kept")
-                    finish("failed", error=msg)
+                    distributed.on_main(functools.partial(finish, "failed", error=msg))
                     raise TrainingDiverged(msg)
                 loss, ce, reg, logits = out
                 scheduler.step()
                 step += 1
                 correct += int((logits.argmax(1) == labels).sum())
-                seen += len(idx)
+                seen += len(mine)
                 if bar is not None:
                     bar.update(1)
 
@@ -544,39 +644,44 @@ def _train(run_id: str, cfg: TransferConfig, *, resume: bool, progress: bool, ca
                 if step % cfg.log_every == 0 or step == total_steps:
                     metrics.update(loss=loss, ce=ce, reg=reg, lr=scheduler.get_last_lr()[0])
                 if step % cfg.eval_every == 0 or step == total_steps:
+                    correct, seen = distributed.sum_over_ranks(torch.tensor([correct, seen])).tolist()
                     metrics["train_acc"] = correct / max(seen, 1)
-                    metrics[f"{data.eval_name}_acc"] = evaluate(student, data.eval_inputs, data.eval_labels, prompt,
-                                                                 batch_size, device)
+                    if ctx.is_main:  # the others go on to the next step and wait for rank 0 there
+                        metrics[f"{data.eval_name}_acc"] = evaluate(student, data.eval_inputs, data.eval_labels,
+                                                                     prompt, batch_size, device)
+                        metrics.update(objective.weight_stats())
+                        metrics.update(_per_teacher_weights(objective, data.teacher_slices))
                     correct = seen = 0
-                    metrics.update(objective.weight_stats())
-                    metrics.update(_per_teacher_weights(objective, data.teacher_slices))
-                if metrics:
+                if metrics and ctx.is_main:
                     pending.extend((step, k, v) for k, v in metrics.items())
                     if on_step is not None:
                         on_step({"run_id": run_id, "step": step, "total_steps": total_steps, **metrics})
                 status = None
-                if step % cfg.checkpoint_every == 0 and step < total_steps:
+                if ctx.is_main and step % cfg.checkpoint_every == 0 and step < total_steps:
                     status = checkpoint()
-                elif metrics and time.monotonic() - last_flush > cfg.flush_seconds:
+                elif ctx.is_main and metrics and time.monotonic() - last_flush > cfg.flush_seconds:
                     # Opening the catalog costs tens of milliseconds: batch writes, not every logged step.
                     status = flush()
-                if step < total_steps and (status == "cancelling" or (cancel is not None and cancel.is_set())):
-                    checkpoint()
-                    finish("cancelled")
+                stop = status == "cancelling" or (cancel is not None and cancel.is_set())
+                if ctx.active:  # all stop at the same step, at one where rank 0 may have read a cancel request
+                    stop = (bool(metrics) or step % cfg.checkpoint_every == 0) and distributed.any_rank(stop)
+                if step < total_steps and stop:
+                    distributed.on_main(lambda: (checkpoint(), finish("cancelled")))
                     raise Cancelled(f"run {run_id} was cancelled at step {step}; resume it with "
                                     f"`aftzoo transfer --resume {run_id}`")
         finally:
             if bar is not None:
                 bar.close()
-        # The loop evaluated after its last step; a resumed run that had nothing left to train did not.
-        accuracy = metrics.get(f"{data.eval_name}_acc")
-        if accuracy is None:
-            accuracy = evaluate(student, data.eval_inputs, data.eval_labels, prompt, batch_size, device)
-        checkpoint()
-        return finish("completed", accuracy=accuracy)
+        return distributed.on_main(complete)
     except BaseException as exc:
-        if not finished:  # a crash, a full disk, Ctrl+C: say so in the catalog, not "running" forever
-            _record_stop(run_id, exc)
+        lost = distributed.lost_peer(exc) if ctx.active else None
+        error = TransferError(f"{lost}; run {run_id} stopped, keeping its last checkpoint: resume it with "
+                              f"`aftzoo launch ... -- transfer --resume {run_id}`") if lost else exc
+        if ctx.is_main and not finished:  # a crash, a full disk, Ctrl+C: say so in the catalog, not "running" forever
+            with distributed.shielded():  # torchrun's SIGTERM, which follows a lost peer, must not cut this short
+                _record_stop(run_id, error)
+        if lost:
+            raise error from exc
         raise
 
 
@@ -603,31 +708,40 @@ def _per_teacher_weights(objective: Objective, slices: dict[str, list[int]]) -> 
 
 def _run_beta_auto(parent: str, cfg: TransferConfig, *, progress: bool, cancel, on_step) -> TransferResult:
     """Try each beta on a 10% hold-out of the training set, then retrain on all of it with the best."""
-    with open_catalog() as cat:
-        cat.create_run(parent, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers, method=cfg.method,
-                       config={**cfg.to_dict(), "kind": "beta-auto"}, total_steps=None, status="running")
+    def create() -> None:
+        with open_catalog() as cat:
+            cat.create_run(parent, dataset=cfg.dataset, student=cfg.student, teachers=cfg.teachers,
+                           method=cfg.method, config={**cfg.to_dict(), "kind": "beta-auto"}, total_steps=None,
+                           status="running")
+
+    distributed.on_main(create)
     started = time.perf_counter()
     trials = []
     try:
         for beta in cfg.beta_grid:
             trial_cfg = dataclasses.replace(cfg, beta=float(beta), holdout_fraction=0.1, parent=parent)
-            res = _train(new_run_id(trial_cfg), trial_cfg, resume=False, progress=progress, cancel=cancel,
-                         on_step=on_step)
+            res = _train(distributed.broadcast(new_run_id(trial_cfg)), trial_cfg, resume=False, progress=progress,
+                         cancel=cancel, on_step=on_step)
             trials.append({"run_id": res.run_id, "beta": float(beta), "holdout_accuracy": res.test_accuracy})
         best = max(trials, key=lambda t: (t["holdout_accuracy"], -t["beta"]))
         final_cfg = dataclasses.replace(cfg, beta=best["beta"], parent=parent)
-        final = _train(new_run_id(final_cfg), final_cfg, resume=False, progress=progress, cancel=cancel,
-                       on_step=on_step)
+        final = _train(distributed.broadcast(new_run_id(final_cfg)), final_cfg, resume=False, progress=progress,
+                       cancel=cancel, on_step=on_step)
     except BaseException as exc:
-        with open_catalog() as cat:
-            cat.update_run(parent, status="failed", error=f"{type(exc).__name__}: {exc}")
+        if distributed.current().is_main:
+            with open_catalog() as cat:
+                cat.update_run(parent, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     wall = time.perf_counter() - started
     summary = {**cfg.to_dict(), "kind": "beta-auto", "trials": trials, "chosen_beta": best["beta"],
                "final_run": final.run_id}
-    with open_catalog() as cat:
-        cat.update_run(parent, status="completed", config=summary, test_accuracy=final.test_accuracy,
-                       wall_seconds=wall, step=final.steps)
+
+    def complete() -> None:
+        with open_catalog() as cat:
+            cat.update_run(parent, status="completed", config=summary, test_accuracy=final.test_accuracy,
+                           wall_seconds=wall, step=final.steps)
+
+    distributed.on_main(complete)
     return TransferResult(final.run_id, {**final.config, "chosen_beta": best["beta"], "beta_auto_run": parent},
                           final.status, final.test_accuracy, final.steps, wall, trials=trials)
 

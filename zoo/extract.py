@@ -12,10 +12,19 @@ length (rows go back to their original positions), and each batch goes straight 
 feature store's memory-mapped file, so the features are never held twice. The catalog is
 open only to look up and, at the end, to index the new file: a long extraction does not
 hold the catalog's write lock.
+
+In a ``torch.distributed`` job (``aftzoo launch -- extract ...``) every process calls this with
+the same arguments; each computes a contiguous shard of the examples, and rank 0 alone opens the
+catalog, merges the shards and indexes one file under the same key as a single-process run (see
+``_Job.run_sharded``). Only ``torch.distributed`` itself is used here: the process group is set up
+by the caller (``transfer.distributed``), which this lower layer does not import.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -26,7 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from storage.catalog import Catalog, open_catalog
-from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore
+from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, FeatureWriter
 from storage.settings import get_settings
 from zoo.datasets import Dataset, load_dataset
 from zoo.prompts import DEFAULT_PROMPT, prompt_for
@@ -34,6 +43,7 @@ from zoo.registry import ModelSpec, get, record, resolve_weights
 
 EXTRACTOR_VERSION = "1"
 SPLITS = ("train", "test")
+MERGE_ROWS = 8192  # rows a sharded extraction's merge copies at a time
 
 
 @dataclass
@@ -133,7 +143,7 @@ class _Model:
             if weights is None and getattr(model.source, "kind", None) == "folder":
                 weights = model.source.location  # the key names the folder the model was built from
         else:
-            self.spec = get(model)
+            self.spec = _resolve(model)
         self.weights, self.device = weights, device
 
     def get(self):
@@ -177,66 +187,265 @@ def _extract(holder: _Model, dataset, split: str, *, limit: int | None = None, b
     template = (prompt if prompt is not None else prompt_for(data.name)) if spec.modality == "text" else None
     settings = feature_settings(spec, prompt=template, weights=weights)
     key = FeatureKey(spec.name, data.name, split, part.fingerprint, settings)
+    job = _Job(holder, data, full, part, key, template, batch_size, progress, catalog, started)
+    group = _process_group()
+    return job.run() if group is None else job.run_sharded(*group)
 
-    with _store(catalog) as store:
-        row = store.lookup(key)
-    if row is not None:
+
+class ShardedExtractionError(RuntimeError):
+    """A process of a multi-process extraction failed or was lost; nothing was cached."""
+
+
+def _process_group() -> tuple[int, int] | None:
+    """(rank, world size) when this process is one of several of a ``torch.distributed`` job, else None."""
+    dist = sys.modules.get("torch.distributed")  # not imported yet: no process group, and no need to import torch
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ShardedExtractionError(
+            f"this process is one of {world} started by torchrun (WORLD_SIZE={world}) but has not joined their "
+            "process group, so each would extract everything and race to index it: start them with `aftzoo launch`, "
+            "or call transfer.distributed.init() first")
+    return None
+
+
+def _collective(fn, *args, **kwargs):
+    """A ``torch.distributed`` call whose failure (a peer died or hung) is one clear error."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as exc:
+        # gloo's message starts with its source location in brackets and ends with advice: keep the middle.
+        reason = re.sub(r"\[/[^\]]*\]\s*", "", " ".join(str(exc).split())).split(". This is typically")[0]
+        raise ShardedExtractionError("lost contact with another process of the extraction, which died or stopped "
+                                     f"answering ({reason[:240]}); nothing was cached") from None
+
+
+def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous rows of ``n``: sizes differ by at most one, lower ranks take the extra
+    (``transfer.distributed.shard``'s rule, restated: zoo does not import transfer)."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+@dataclass
+class _Job:
+    """One extraction request once its key is known: read it from the cache, or compute and index it."""
+
+    holder: _Model
+    data: Dataset
+    full: Any
+    part: Any
+    key: FeatureKey
+    template: str | None
+    batch_size: int | None
+    progress: bool
+    catalog: Catalog | None
+    started: float
+
+    def result(self, features: np.ndarray, cached: bool, path: str, fm=None, batch: int | None = None):
+        return ExtractResult(features, cached, time.perf_counter() - self.started, self.holder.spec.name,
+                             self.data.name, self.key.split, self.part.fingerprint, self.key.settings, path=path,
+                             device=None if fm is None else fm.device.type, batch_size=batch,
+                             weights=None if fm is None else fm.source.describe())
+
+    def cached(self) -> tuple[np.ndarray | None, str | None, FeatureStore]:
+        """The cached matrix, its path and the store; (None, None, store) on a miss or a damaged file (reported)."""
+        with _store(self.catalog) as store:
+            row = store.lookup(self.key)
+        if row is None:
+            return None, None, store
         # Checked against its checksum after the catalog is closed: a pass over a large file must not
         # keep other processes (training jobs, the app) waiting for the catalog.
         try:
-            hit = store.load(row)
+            return store.load(row), str(store.root / row.path), store
         except DamagedFeatureFile as exc:
             warnings.warn(f"{exc}; computing them again", RuntimeWarning, stacklevel=2)
-            hit = None
-        if hit is not None:
-            return ExtractResult(hit, True, time.perf_counter() - started, spec.name, data.name, split,
-                                 part.fingerprint, settings, path=str(store.root / row.path))
+            return None, None, store
 
-    fm = holder.get()
-    import torch
+    def batches(self, fm, start: int, stop: int, bar) -> Iterator[tuple[slice | np.ndarray, np.ndarray]]:
+        """Features of examples ``start:stop``, batch by batch: (their rows counted from ``start``, values)."""
+        batch = self.batch_size or default_batch_size(self.holder.spec, fm.device.type)
+        inputs = self.part.inputs
+        order = None
+        if self.holder.spec.modality == "text":  # longest first: less padding per batch, and memory peaks early
+            order = np.argsort([-len(x) if isinstance(x, str) else -len(str(x)) for x in inputs[start:stop]],
+                               kind="stable")
+        for first in range(0, stop - start, batch):
+            last = min(first + batch, stop - start)
+            if order is None:
+                rows, chunk = slice(first, last), inputs[start + first:start + last]
+            else:
+                rows = order[first:last]
+                chunk = [inputs[start + i] for i in rows]
+            out = fm.forward_features(fm.preprocess(chunk, self.template or DEFAULT_PROMPT))
+            yield rows, out.float().cpu().numpy()
+            bar.update(last - first)
 
-    device_name = fm.device.type
-    batch = batch_size or default_batch_size(spec, device_name)
-    n = len(part)
-    inputs = part.inputs
-    order = None
-    if spec.modality == "text":  # longest first: less padding per batch, and memory peaks early
-        order = np.argsort([-len(x) if isinstance(x, str) else -len(str(x)) for x in inputs], kind="stable")
+    def compute(self, fm, start: int, stop: int, sink, *, progress: bool) -> None:
+        import torch
+        from tqdm.auto import tqdm
 
-    from tqdm.auto import tqdm
+        spec = self.holder.spec
+        with torch.inference_mode(), _autocast(fm.device.type), tqdm(
+                total=stop - start, desc=f"{spec.name} {self.data.name}/{self.key.split}", unit="ex",
+                disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+            for rows, values in self.batches(fm, start, stop, bar):
+                sink(rows, values)
 
-    writer = None
-    try:
-        with torch.inference_mode(), _autocast(device_name), tqdm(
-                total=n, desc=f"{spec.name} {data.name}/{split}", unit="ex", disable=not progress,
-                file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
-            for start in range(0, n, batch):
-                stop = min(start + batch, n)
-                if order is None:
-                    rows, chunk = slice(start, stop), inputs[start:stop]
-                else:
-                    rows = order[start:stop]
-                    chunk = [inputs[i] for i in rows]
-                out = fm.forward_features(fm.preprocess(chunk, template or DEFAULT_PROMPT))
-                values = out.float().cpu().numpy()
-                if writer is None:
-                    writer = store.writer(key, n, values.shape[1], "float32")
-                writer.write(rows, values)
-                bar.update(stop - start)
-        writer.finish()  # fsync, checksum and rename before the catalog is opened, for the same reason
-        with _store(catalog) as store:
+    def index(self, writer: FeatureWriter) -> tuple[np.ndarray, str]:
+        """Put a finished file in the catalog, with its model and data set; return it memory-mapped, and its path."""
+        with _store(self.catalog) as store:
             writer.store = store  # index the file through an open catalog (the lookup's one is closed)
             row = writer.index()
-            record(spec, store.catalog)
-            store.catalog.upsert_dataset(data.name, split, fingerprint=full.fingerprint, modality=data.modality,
-                                         num_examples=len(full), class_names=list(data.class_names),
-                                         source=data.source)
-            features = store.load(row, verify=False)
-            path = str(store.root / row.path)
-    except BaseException:
-        if writer is not None:
+            record(self.holder.spec, store.catalog)
+            store.catalog.upsert_dataset(self.data.name, self.key.split, fingerprint=self.full.fingerprint,
+                                         modality=self.data.modality, num_examples=len(self.full),
+                                         class_names=list(self.data.class_names), source=self.data.source)
+            return store.load(row, verify=False), str(store.root / row.path)
+
+    # -- one process ------------------------------------------------------------------------
+    def run(self) -> ExtractResult:
+        features, path, store = self.cached()
+        if features is not None:
+            return self.result(features, True, path)
+        fm = self.holder.get()
+        n = len(self.part)
+        writer = None
+
+        def sink(rows, values):
+            nonlocal writer
+            if writer is None:
+                writer = store.writer(self.key, n, values.shape[1], "float32")
+            writer.write(rows, values)
+
+        try:
+            self.compute(fm, 0, n, sink, progress=self.progress)
+            writer.finish()  # fsync, checksum and rename before the catalog is opened, for the same reason
+            features, path = self.index(writer)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        return self.result(features, False, path, fm, self.batch_size or default_batch_size(self.holder.spec,
+                                                                                              fm.device.type))
+
+    # -- several processes (torchrun) -------------------------------------------------------
+    def run_sharded(self, rank: int, world: int) -> ExtractResult:
+        """Each rank computes a contiguous shard of the examples into a file of its own; rank 0 alone looks the
+        key up, merges the shards in example order through the store's writer and indexes the result, so the
+        file and its key are those of a single-process extraction and later look-ups hit it."""
+        import torch.distributed as dist
+
+        mine: dict[str, Any] = {}
+
+        def look_up() -> tuple[str | None, str]:
+            features, path, store = self.cached()
+            mine.update(features=features, store=store)
+            final = store.path_for(self.key)
+            shards = final.parent / f".{final.stem}.shards"
+            if features is None:
+                shutil.rmtree(shards, ignore_errors=True)  # left by a job that was killed
+            return path, str(shards)
+
+        path, shards = _on_rank0(look_up, rank)
+        if path is not None:
+            features = mine["features"] if rank == 0 else np.load(path, mmap_mode="r", allow_pickle=False)
+            return self.result(features, True, path)
+        shards = Path(shards)
+        try:
+            start, stop = _shard(len(self.part), rank, world)
+            fm, dim, error = None, 0, None
+            try:
+                fm = self.holder.get()
+                dim = self._compute_shard(fm, start, stop, shards / f"rank-{rank:05d}.npy", rank)
+            except Exception as exc:  # noqa: BLE001 - reported to every rank below, so that all of them stop
+                error = f"process {rank}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            reports = [None] * world
+            # Every rank reports before any merging: one failed shard fails the extraction on every rank.
+            _collective(dist.all_gather_object, reports, (stop - start, dim, error))
+            errors = [e for _, _, e in reports if e]
+            if errors:
+                raise ShardedExtractionError("; ".join(errors) + "; nothing was cached")
+
+            def merge() -> str:
+                mine["features"], merged = self._merge(mine["store"], shards, reports)
+                return merged
+
+            path = _on_rank0(merge, rank)
+        except BaseException:
+            shutil.rmtree(shards, ignore_errors=True)
+            raise
+        features = mine["features"] if rank == 0 else np.load(path, mmap_mode="r", allow_pickle=False)
+        return self.result(features, False, path, fm, self.batch_size or default_batch_size(self.holder.spec,
+                                                                                              fm.device.type))
+
+    def _compute_shard(self, fm, start: int, stop: int, file: Path, rank: int) -> int:
+        """Write this rank's rows into ``file``; return the feature width (0 for an empty shard)."""
+        out = None
+
+        def sink(rows, values):
+            nonlocal out
+            if out is None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                out = np.lib.format.open_memmap(file, mode="w+", dtype=np.float32,
+                                                shape=(stop - start, values.shape[1]))
+            out[rows] = values
+
+        self.compute(fm, start, stop, sink, progress=self.progress and rank == 0)
+        if out is None:
+            return 0
+        out.flush()
+        return out.shape[1]
+
+    def _merge(self, store: FeatureStore, shards: Path,
+               reports: list[tuple[int, int, str | None]]) -> tuple[np.ndarray, str]:
+        """Rank 0: the shards, in rank (so example) order, into one feature file; index it; return it and its path."""
+        dims = {dim for rows, dim, _ in reports if rows}
+        if len(dims) != 1:
+            raise ShardedExtractionError(f"the processes computed features of different widths {sorted(dims)}; "
+                                         "nothing was cached")
+        writer = store.writer(self.key, len(self.part), dims.pop(), "float32")
+        try:
+            start = 0
+            for rank, (rows, _, _) in enumerate(reports):
+                if rows:
+                    shard = np.load(shards / f"rank-{rank:05d}.npy", mmap_mode="r", allow_pickle=False)
+                    for first in range(0, rows, MERGE_ROWS):  # bounded memory: the finite check copies a block
+                        block = shard[first:first + MERGE_ROWS]
+                        writer.write(slice(start + first, start + first + len(block)), block)
+                start += rows
+            writer.finish()
+            return self.index(writer)
+        except BaseException:
             writer.abort()
-        raise
-    return ExtractResult(features, False, time.perf_counter() - started, spec.name, data.name, split,
-                         part.fingerprint, settings, path=path, device=device_name, batch_size=batch,
-                         weights=fm.source.describe())
+            raise
+        finally:
+            shutil.rmtree(shards, ignore_errors=True)
+
+
+def _on_rank0(fn, rank: int):
+    """``fn()`` on rank 0 only; its result on every rank, or its failure raised on every rank."""
+    import torch.distributed as dist
+
+    if rank == 0:
+        try:
+            box = [(True, fn())]
+        except Exception as exc:
+            _collective(dist.broadcast_object_list, [(False, f"process 0: {type(exc).__name__}: {exc}")], src=0)
+            raise
+    else:
+        box = [None]
+    _collective(dist.broadcast_object_list, box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise ShardedExtractionError(f"{value}; nothing was cached")
+    return value
+
+
+def _resolve(model) -> ModelSpec:
+    """``get(model)``; in a multi-process job, rank 0's answer: a user's model may be recorded in the catalog,
+    which the other processes do not open."""
+    group = _process_group()
+    return get(model) if group is None else _on_rank0(lambda: get(model), group[0])
