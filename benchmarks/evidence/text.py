@@ -78,7 +78,7 @@ def main() -> None:
     common.dot_plot(ax, [r["label"] for r in results], [r["accuracy"] for r in results],
                 lines=[(stl["mean"], "STL"), (probes[teacher]["probe"], f"{teacher} linear probe"),
                        (majority, "majority class")],
-                title=f"MiniLM-L6 on Rotten Tomatoes, teacher {teacher} ({ctx.label}, mean ± SE, "
+                title=f"MiniLM-L6 on Rotten Tomatoes, teacher {teacher}\n({ctx.label}, mean ± SE, "
                       f"{stl['n']} seeds)")
     common.save(ctx, {"setting": s, "teacher": teacher, "results": results, "probes": probes, "majority": majority,
                       "error_cut_aft_vs_stl": cut, "verdict": verdict}, fig)
