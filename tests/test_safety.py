@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -282,7 +284,16 @@ def _serve_until_listening(export: Path, *args: str, env: dict | None = None) ->
             break
         lines.append(line)
         if line.startswith("listening on"):
-            return proc, "".join(lines)
+            # The line comes as the socket is bound, before uvicorn runs: wait until it answers, so that the
+            # SIGINT of _stop finds it serving (one sent during its start-up once left it running).
+            port = int(re.search(r":(\d+) ", line).group(1))
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5).status_code == 200:
+                        return proc, "".join(lines)
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            break
     proc.kill()
     raise AssertionError("the server did not start:\n" + "".join(lines))
 

@@ -91,11 +91,11 @@ class JobQueue:
     # -- submitting -------------------------------------------------------------------------
     def submit(self, config) -> Job:
         """Queue a new transfer; a bad configuration fails here, before anything is queued."""
-        from transfer.trainer import TransferConfig, _known_names, new_run_id
+        from transfer.trainer import TransferConfig, check_names, new_run_id
 
         cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(dict(config))
         cfg.validate()
-        _known_names(cfg)
+        check_names(cfg)
         return self._add(Job(uuid.uuid4().hex[:8], "transfer", new_run_id(cfg), cfg.to_dict()))
 
     def submit_resume(self, run_id: str) -> Job:
@@ -230,7 +230,7 @@ NOT_SWEPT = ("dataset", "holdout_fraction", "parent", "beta_grid")  # what the t
 def sweep_configs(base, grid: dict[str, list], holdout_fraction: float = 0.1) -> list:
     """One ``TransferConfig`` per combination of ``grid``'s values (the first key varies slowest), each
     evaluated on ``holdout_fraction`` of the training set (0: on the test split). All are validated here."""
-    from transfer.trainer import TransferConfig, TransferError, _known_names
+    from transfer.trainer import TransferConfig, TransferError, check_names
 
     cfg = base if isinstance(base, TransferConfig) else TransferConfig.from_dict(dict(base))
     fields = {f.name for f in dataclasses.fields(TransferConfig)}
@@ -254,7 +254,7 @@ def sweep_configs(base, grid: dict[str, list], holdout_fraction: float = 0.1) ->
             raise TransferError("a sweep's trials need a numeric beta ('auto' is a search of its own); "
                                 "sweep it with --beta 0.1,1,10")
         trial.validate()
-    _known_names(cfg)
+    check_names(cfg)
     return configs
 
 

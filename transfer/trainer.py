@@ -397,7 +397,7 @@ def new_run_id(cfg: TransferConfig) -> str:
     return f"{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def _known_names(cfg: TransferConfig) -> list[ModelSpec]:
+def check_names(cfg: TransferConfig) -> list[ModelSpec]:
     """Fail before any work on a bad data-set, student or teacher name (the errors list valid names); return the
     models' specs."""
     load_dataset(cfg.dataset)
@@ -405,9 +405,9 @@ def _known_names(cfg: TransferConfig) -> list[ModelSpec]:
 
 
 def _share_names(cfg: TransferConfig) -> None:
-    """``_known_names`` on rank 0, whose answers the other processes register: a user's model may be recorded in
+    """``check_names`` on rank 0, whose answers the other processes register: a user's model may be recorded in
     the catalog, which they do not open."""
-    specs = distributed.on_main(lambda: _known_names(cfg))
+    specs = distributed.on_main(lambda: check_names(cfg))
     if not distributed.current().is_main:
         for spec in specs:
             if not is_builtin(spec.name):
