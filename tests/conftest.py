@@ -72,6 +72,15 @@ def free_port() -> int:
 
 
 
+@pytest.fixture(scope="module")
+def models():
+    """An image and a text student, trained briefly and exported (once per session): what the server tests serve."""
+    from tests.test_export import exported
+
+    image, text = exported("image"), exported("text")
+    return {"image": image["name"], "text": text["name"], "image_dir": image["path"], "text_dir": text["path"]}
+
+
 @contextlib.contextmanager
 def serve_in_thread(app, log_level: str = "warning"):
     """``app`` (ASGI) served by uvicorn in a thread on a free loopback port; yields the port, stops on exit."""

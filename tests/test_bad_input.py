@@ -28,19 +28,12 @@ from app.serve import create_app
 from storage.catalog import open_catalog
 from storage.features import FeatureKey, FeatureStore
 from tests.conftest import AFTZOO, serve_in_thread
-from tests.test_export import exported
 from transfer import runtime
 
 MAX_BODY = 256 * 1024
 MAX_BATCH = 8
 ODD = ["emoji 😀👍🏽", "עברית \u202eRTL\u202c", "e\u0301 combining", "zero\u200bwidth\u200d", "nul\x00inside",
        "line\u2028separator", "\ufeffBOM first", "tab\tand\r\nnewlines"]
-
-
-@pytest.fixture(scope="module")
-def models():
-    image, text = exported("image"), exported("text")
-    return {"image": image["name"], "text": text["name"], "image_dir": image["path"], "text_dir": text["path"]}
 
 
 @pytest.fixture(scope="module")

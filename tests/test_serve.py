@@ -19,7 +19,6 @@ from PIL import Image
 
 from app.serve import create_app, load_models, warn_if_exposed
 from tests.conftest import REPO, serve_in_thread
-from tests.test_export import exported
 from transfer import runtime
 from zoo.datasets import load_dataset
 
@@ -38,12 +37,6 @@ def _bomb() -> str:
     buf = io.BytesIO()
     Image.new("L", (9000, 9000)).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def models():
-    image, text = exported("image"), exported("text")
-    return {"image": image["name"], "text": text["name"], "image_dir": image["path"], "text_dir": text["path"]}
 
 
 @pytest.fixture(scope="module")

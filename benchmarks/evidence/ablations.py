@@ -19,16 +19,8 @@ from benchmarks.evidence import common
 METHODS = ("aft", "aft_nokernel", "aft_identity", "aft_dense", "aft_rbf")
 
 
-def add_args(ap) -> None:
-    ap.add_argument("--modality", choices=("image", "text"), default="image",
-                    help="image (default, minutes) or text (MiniLM-L6 student, slower)")
-
-
 def main() -> None:
-    ctx = common.start("ablations", __doc__, add_args)
-    if ctx.args.modality == "text":
-        ctx.name = "ablations_text"
-    s = ctx.setting(ctx.args.modality)
+    ctx, s = common.start_one_modality("ablations", __doc__)
     teacher = s.teachers[0]
     print(s.describe(), f"\nteacher: {teacher}", flush=True)
     common.extract_teachers(s, [teacher])

@@ -237,6 +237,15 @@ def start(name: str, doc: str, add_args=None) -> Context:
     return ctx
 
 
+
+def start_one_modality(name: str, doc: str, text_help: str = "MiniLM-L6 student, slower") -> tuple[Context, Setting]:
+    """``start`` with ``--modality image|text`` (image by default); a text run's outputs are named ``<name>_text``."""
+    ctx = start(name, doc, lambda ap: ap.add_argument(
+        "--modality", choices=("image", "text"), default="image", help=f"image (default, minutes) or text ({text_help})"))
+    if ctx.args.modality == "text":
+        ctx.name = f"{name}_text"
+    return ctx, ctx.setting(ctx.args.modality)
+
 # ---------------------------------------------------------------------------------------------
 # Teachers that are not in the zoo: pure noise, and a randomly initialised network
 # ---------------------------------------------------------------------------------------------

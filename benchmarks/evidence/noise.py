@@ -19,17 +19,8 @@ import numpy as np
 from benchmarks.evidence import common
 
 
-def add_args(ap) -> None:
-    ap.add_argument("--modality", choices=("image", "text"), default="image",
-                    help="image: ResNet-18 from scratch on Fashion-MNIST, teacher Lite2 (default, minutes); "
-                         "text: MiniLM-L6 on Rotten Tomatoes, teacher mpnet (slower)")
-
-
 def main() -> None:
-    ctx = common.start("noise", __doc__, add_args)
-    if ctx.args.modality == "text":
-        ctx.name = "noise_text"
-    s = ctx.setting(ctx.args.modality)
+    ctx, s = common.start_one_modality("noise", __doc__, "MiniLM-L6 on Rotten Tomatoes, teacher mpnet; slower")
     real = s.teachers[0]
     noise = common.noise_teacher(real)
     print(s.describe(), f"\nteachers: {real} and {noise}", flush=True)

@@ -20,11 +20,6 @@ import math
 from benchmarks.evidence import common
 
 
-def add_args(ap) -> None:
-    ap.add_argument("--modality", choices=("image", "text"), default="image",
-                    help="image (default, minutes) or text (MiniLM-L6 student, slower)")
-
-
 def correlations(x: list[float], y: list[float]) -> dict:
     from scipy import stats
 
@@ -35,11 +30,8 @@ def correlations(x: list[float], y: list[float]) -> dict:
 
 
 def main() -> None:
-    ctx = common.start("ranking", __doc__, add_args)
+    ctx, s = common.start_one_modality("ranking", __doc__)
     modality = ctx.args.modality
-    if modality == "text":
-        ctx.name = "ranking_text"
-    s = ctx.setting(modality)
     teachers = [*dict.fromkeys(s.teachers), common.random_teacher(modality), common.noise_teacher(s.teachers[0])]
     print(s.describe(), f"\nteachers: {', '.join(teachers)}", flush=True)
     common.extract_teachers(s, teachers)
