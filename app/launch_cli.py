@@ -3,7 +3,7 @@
 ``aftzoo launch [OPTIONS] -- extract|transfer ARGS`` builds a ``python -m torch.distributed.run``
 command line and replaces itself with it (so Ctrl+C and signals reach torchrun, which stops its
 workers); each worker is ``python -m app.launch_cli extract|transfer ARGS``: it joins the process
-group (``transfer.distributed.session``) and runs the ordinary command, whose library code shards
+group (``transfer.training.distributed.session``) and runs the ordinary command, whose library code shards
 the work. Rank 0 alone prints results; every rank prints its errors.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def launch_cmd(
 def worker(argv: list[str]) -> int:
     """One process of a launched job: join the others, run the aftzoo command, leave the group; its exit status."""
     from app.cli import main
-    from transfer import distributed
+    from transfer.training import distributed
 
     if not argv or argv[0] not in LAUNCHABLE:
         return _error(f"a launched process runs one of: {', '.join(LAUNCHABLE)}; got {shlex.join(argv) or 'nothing'}",
@@ -171,8 +171,8 @@ def sweep_cmd(
         from_scratch: bool = typer.Option(False, "--from-scratch", help="Initialise the student at random."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Try every combination of --beta, --lr and --objective-lr as parallel jobs; print the trials, best first."""
-    from transfer.jobs import sweep
-    from transfer.trainer import TransferConfig, TransferError
+    from transfer.jobs.queue import sweep
+    from transfer.training.trainer import TransferConfig, TransferError
 
     grid = {"beta": _numbers("--beta", beta), "lr": _numbers("--lr", lr),
             "objective_lr": _numbers("--objective-lr", objective_lr)}

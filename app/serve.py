@@ -23,7 +23,7 @@ Limits: request bodies over ``max_body_bytes`` (16 MiB) get 413, more than ``max
 inputs 400; malformed JSON, wrong types and undecodable images 400 with a message; unknown
 models 404 naming the models served. Errors are ``{"error": "..."}`` as the protocol asks.
 
-Nothing here imports torch: ``transfer.runtime`` runs the models. Micro-batching
+Nothing here imports torch: ``transfer.serving.runtime`` runs the models. Micro-batching
 (``batch_window_ms`` > 0) gathers concurrent requests to one model for up to that many
 milliseconds into one onnxruntime call; it is off by default (see benchmarks/bench_serve.py).
 """
@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from transfer import runtime
+from transfer.serving import runtime
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_BATCH = 64

@@ -1,6 +1,6 @@
 """The ``export``, ``predict`` and ``serve`` commands (registered on ``app.cli.app``).
 
-``predict`` and ``serve`` import only ``transfer.runtime`` / ``app.serve`` (onnxruntime, numpy,
+``predict`` and ``serve`` import only ``transfer.serving.runtime`` / ``app.serve`` (onnxruntime, numpy,
 Pillow, tokenizers, FastAPI): they work where torch is not installed. ``export`` needs torch.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def export_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Export a run's student to ONNX (a self-contained folder), checked against PyTorch."""
-    from transfer.export import ExportFailed, export_run
+    from transfer.export.onnx import ExportFailed, export_run
 
     try:
         result = export_run(run, out=out, opset=opset, quantize=quantize, parity_examples=parity_examples,
@@ -61,7 +61,7 @@ def predict_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Predict with an exported student, onnxruntime only (no PyTorch needed)."""
-    from transfer import runtime
+    from transfer.serving import runtime
 
     if top_k < 1:
         fail(f"--top-k must be at least 1; got {top_k}")
@@ -113,7 +113,7 @@ def serve_cmd(
 ) -> None:
     """Serve exports over HTTP: Open Inference Protocol (/v2) and a JSON route (/v1)."""
     from app.serve import serve
-    from transfer import runtime
+    from transfer.serving import runtime
 
     if max_batch < 1 or max_body_mb <= 0 or not 0 <= port <= 65535:
         fail("--max-batch and --max-body-mb must be positive, --port in 0..65535")

@@ -61,7 +61,7 @@ def transfer_cmd(
         resume_run: Optional[str] = typer.Option(None, "--resume", help="Continue RUN from its last checkpoint."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Train a student with AFT or a baseline; the run and its metrics go to the catalog."""
-    from transfer.trainer import TransferConfig, TransferError, resume, run
+    from transfer.training.trainer import TransferConfig, TransferError, resume, run
 
     if not resume_run and (not dataset or not student):
         fail("--dataset and --student are required (or --resume RUN)", code=2)
@@ -94,7 +94,7 @@ def transfer_cmd(
 
 def runs_cmd(as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout.")) -> None:
     """List the transfer runs in the catalog."""
-    from transfer.trainer import list_runs
+    from transfer.training.trainer import list_runs
 
     frame = list_runs()
     if as_json:
@@ -109,7 +109,7 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="A JSON list on 
 
 def cancel_cmd(run_id: str = typer.Argument(..., help="The run to stop at its next checkpoint.")) -> None:
     """Ask a running transfer to stop; it keeps a checkpoint and can be resumed."""
-    from transfer.trainer import TransferError, request_cancel
+    from transfer.training.trainer import TransferError, request_cancel
 
     try:
         request_cancel(run_id)

@@ -232,7 +232,7 @@ def curves(run_id: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     empty = typed(**CURVE)
     if not run_id:
         return empty, empty
-    from transfer.trainer import history
+    from transfer.training.trainer import history
 
     h = history(active_run(run_id))
     if h.empty:
@@ -315,7 +315,7 @@ def teacher_weights(run_id: str | None) -> pd.DataFrame:
     empty = typed(**WEIGHTS)
     if not run_id:
         return empty
-    from transfer.trainer import history
+    from transfer.training.trainer import history
 
     with open_catalog() as cat:
         row = cat.get_run(run_id)
@@ -344,7 +344,7 @@ def export_choices() -> list[tuple[str, str]]:
     """(label, path) of every export in the catalog whose folder still exists, newest first."""
     from pathlib import Path
 
-    from transfer.export import list_exports
+    from transfer.export.onnx import list_exports
 
     out = []
     for row in list_exports():

@@ -20,7 +20,7 @@ import pandas as pd
 
 from app import views
 from storage.settings import get_settings
-from transfer.jobs import JobQueue
+from transfer.jobs.queue import JobQueue
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_DATASET = "digits"
@@ -71,14 +71,14 @@ def score_chart(table: pd.DataFrame, metric: str):
 
 @lru_cache(maxsize=8)
 def _load_exported(path: Path, mtime: float):
-    from transfer.runtime import load_export
+    from transfer.serving.runtime import load_export
 
     return load_export(path)  # verifies every file against the manifest's checksums
 
 
 def _exported(path: str):
     """The export at ``path``, only if it lies under this home's exports: a client names the folder."""
-    from transfer.runtime import own_export
+    from transfer.serving.runtime import own_export
 
     folder = own_export(path)
     return _load_exported(folder, (folder / "manifest.json").stat().st_mtime)
@@ -268,7 +268,7 @@ def build(queue: JobQueue) -> gr.Blocks:
                     gr.update(value=best[:1]))
 
         def start(name, student_, scratch_, method_, teachers_, beta_, steps_, lr_, limit_train_, limit_test_):
-            from transfer.trainer import TransferError
+            from transfer.training.trainer import TransferError
 
             try:
                 beta_value = beta_ if str(beta_).strip() == "auto" else float(beta_)
@@ -316,7 +316,7 @@ def build(queue: JobQueue) -> gr.Blocks:
                     gr.update(choices=views.run_choices("completed")))
 
         def resume_run(run_id):
-            from transfer.trainer import TransferError
+            from transfer.training.trainer import TransferError
 
             if not run_id:
                 return "**Pick a run first.**", gr.update()
@@ -335,7 +335,7 @@ def build(queue: JobQueue) -> gr.Blocks:
             return resume_run(run_id)
 
         def do_export(run_id, progress=gr.Progress()):
-            from transfer.export import export_run as export
+            from transfer.export.onnx import export_run as export
 
             if not run_id:
                 return "**Pick a finished run first.**", gr.update(), gr.update()
@@ -344,7 +344,7 @@ def build(queue: JobQueue) -> gr.Blocks:
                 summary = export(run_id)
             except USER_ERRORS as exc:
                 return problem("export", exc), gr.update(), gr.update()
-            from transfer.trainer import list_runs
+            from transfer.training.trainer import list_runs
 
             runs_frame = list_runs()
             row = runs_frame[runs_frame["id"] == run_id]
@@ -354,8 +354,8 @@ def build(queue: JobQueue) -> gr.Blocks:
                               value=(teachers_ or [None])[0]))
 
         def compare_speed(path, teacher, progress=gr.Progress()):
-            from transfer.latency import student_vs_teacher
-            from transfer.runtime import own_export
+            from transfer.export.latency import student_vs_teacher
+            from transfer.serving.runtime import own_export
 
             if not path or not teacher:
                 return "**Export a student and pick a teacher first.**"

@@ -11,7 +11,7 @@ measured in the same run.
 - extraction: ``zoo.extract_info`` of EfficientNet-Lite0 (224 px) on ``--images`` digits, a cache miss,
   timed from a barrier once every process has built its model: computing the shards, merging them
   and indexing the file (what the job waits for), not the model build or the interpreter start.
-- training: ``transfer.trainer.run`` of AFT, ``resnet18-small`` on digits with the Lite0 features
+- training: ``transfer.training.trainer.run`` of AFT, ``resnet18-small`` on digits with the Lite0 features
   (extracted beforehand), global batch ``--batch``; steps/s between the first and the last logged
   step before the end, so start-up, data preparation and the final evaluation are not counted.
 """
@@ -39,7 +39,7 @@ def _report(ctx, **values) -> None:
 def work_extract(images: int) -> None:
     import torch.distributed as dist
 
-    from transfer import distributed
+    from transfer.training import distributed
     from zoo.models import load
     from zoo.registry import get
 
@@ -55,8 +55,8 @@ def work_extract(images: int) -> None:
 
 
 def work_train(train: int, batch: int, steps: int) -> None:
-    from transfer import distributed
-    from transfer.trainer import TransferConfig, run
+    from transfer.training import distributed
+    from transfer.training.trainer import TransferConfig, run
 
     log_every = 5
     config = TransferConfig(dataset="digits", student=STUDENT, teachers=[TEACHER], method="aft", steps=steps,

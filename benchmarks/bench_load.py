@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         reset_settings()
         print("making an export (a two-step run, then ONNX)...", file=sys.stderr, flush=True)
         export, _ = _make_export(args.image)
-    from transfer import runtime
+    from transfer.serving import runtime
 
     model = runtime.load_export(export)
     key = "texts" if model.modality == "text" else "images"

@@ -45,8 +45,8 @@ def _percentile(values: list[float], q: float) -> float:
 def _make_export(image: bool) -> tuple[str, str]:
     """Train a minimal run and export it in the current AFTZOO_HOME; return (export dir, run id)."""
     import zoo
-    from transfer.export import export_run
-    from transfer.trainer import TransferConfig, run
+    from transfer.export.onnx import export_run
+    from transfer.training.trainer import TransferConfig, run
     from zoo.models import random_spec
 
     if image:
@@ -149,8 +149,8 @@ def bench_ort_vs_torch(export: str, run_id: str, inputs: list, repeats: int, thr
     """Network alone, same tensors, same number of threads: onnxruntime vs the PyTorch student (eager)."""
     import torch
 
-    from transfer import runtime
-    from transfer.export import _build, _load_run, _torch_logits, _wrapper
+    from transfer.serving import runtime
+    from transfer.export.onnx import _build, _load_run, _torch_logits, _wrapper
 
     torch.set_num_threads(threads)
     # Idle onnxruntime threads must not busy-wait here: they would steal the cores PyTorch runs on.
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         export, run_id = _make_export(args.image)
         print(f"made the export in {time.perf_counter() - t:.0f}s: {export}")
 
-    from transfer import runtime
+    from transfer.serving import runtime
 
     model = runtime.load_export(export, spinning=False)  # the server's session options
     n_cpu = os.cpu_count()

@@ -4,7 +4,7 @@
 
 For each pair, in one run on the same inputs: the teacher's forward pass in PyTorch (its
 zoo feature extractor, as aftzoo runs it) against the exported student in onnxruntime
-(``transfer.runtime``, preprocessing included), and the student in PyTorch too. The
+(``transfer.serving.runtime``, preprocessing included), and the student in PyTorch too. The
 students are trained for a few steps only: speed does not depend on accuracy.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ def main() -> None:
     import os
 
     os.environ.setdefault("AFTZOO_HOME", tempfile.mkdtemp(prefix="aftzoo-bench-"))
-    from transfer.export import export_run
-    from transfer.latency import seconds_per_input
-    from transfer.runtime import load_export
-    from transfer.students import build_student
-    from transfer.trainer import TransferConfig, run
+    from transfer.export.onnx import export_run
+    from transfer.export.latency import seconds_per_input
+    from transfer.serving.runtime import load_export
+    from transfer.training.students import build_student
+    from transfer.training.trainer import TransferConfig, run
     from zoo.datasets import load_dataset
     from zoo.models import load
     from zoo.prompts import prompt_for

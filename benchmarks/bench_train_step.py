@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_train_step [--student resnet18-small] [--batch 64] [--teacher-dim 1280]
 
-Both use ``transfer.trainer.train_step`` (the trainer's own step). Blocks of steps
+Both use ``transfer.training.trainer.train_step`` (the trainer's own step). Blocks of steps
 alternate between the two methods so that a noisy machine slows both alike; the ratio
 of median step times is reported (target: AFT / STL <= 1.05 at batch 64 on CPU).
 """
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from storage.settings import resolve_device
-from transfer.objectives import make_objective
-from transfer.students import build_student
-from transfer.trainer import train_step
+from transfer.training.objectives import make_objective
+from transfer.training.students import build_student
+from transfer.training.trainer import train_step
 from zoo.datasets import load_dataset
 
 

@@ -21,7 +21,7 @@ from app.launch_cli import torchrun_command
 from storage.catalog import open_catalog
 from storage.settings import reset_settings
 from tests.conftest import AFTZOO, REPO, run_cli
-from transfer import trainer
+from transfer.training import trainer
 
 TEACHER, STUDENT = "efficientnet-lite0", "resnet18-small"
 # One thread per process (2 processes on 2 cores); a peer that hangs is an error after 60 s, not 15 minutes.
@@ -135,9 +135,9 @@ STEP_CHECK = textwrap.dedent("""
     import sys
     import torch
     from torch import nn
-    from transfer import distributed
-    from transfer.objectives import METHODS, make_objective
-    from transfer.trainer import _Net, train_step
+    from transfer.training import distributed
+    from transfer.training.objectives import METHODS, make_objective
+    from transfer.training.trainer import _Net, train_step
 
     class Toy(nn.Module):  # no BatchNorm: its statistics are per process by design
         def __init__(self):
@@ -174,7 +174,7 @@ def test_a_step_on_two_processes_is_the_step_on_the_whole_batch(tmp_path):
     single-process gradients of the whole batch, so the parameters after 3 SGD steps agree to float rounding."""
     import torch
 
-    from transfer.objectives import METHODS
+    from transfer.training.objectives import METHODS
 
     script = tmp_path / "step_check.py"
     script.write_text(STEP_CHECK)
@@ -291,8 +291,8 @@ def test_a_beta_sweep_runs_its_trials_in_parallel_jobs(shared_home):
 
 
 def test_sweep_settings_are_checked_before_anything_runs():
-    from transfer.jobs import sweep_configs
-    from transfer.trainer import TransferConfig, TransferError
+    from transfer.jobs.queue import sweep_configs
+    from transfer.training.trainer import TransferConfig, TransferError
 
     base = TransferConfig(dataset="digits", student=STUDENT, teachers=[TEACHER])
     configs = sweep_configs(base, {"beta": [0.1, 1.0], "lr": [1e-3, 1e-4]})
@@ -311,7 +311,7 @@ def test_sweep_settings_are_checked_before_anything_runs():
 # -- the helpers, in this (single) process ------------------------------------------------------
 
 def test_torchrun_variables_are_read_and_checked(monkeypatch):
-    from transfer import distributed
+    from transfer.training import distributed
 
     assert distributed.environment({}) == distributed.Context(0, 1, 0)
     assert distributed.environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == distributed.Context(3, 4, 1)
@@ -332,7 +332,7 @@ def test_torchrun_variables_are_read_and_checked(monkeypatch):
 
 
 def test_shards_cover_every_example_once_in_order():
-    from transfer import distributed
+    from transfer.training import distributed
     from zoo.extract import _shard
 
     for n in range(0, 12):
@@ -346,7 +346,7 @@ def test_shards_cover_every_example_once_in_order():
 def test_in_one_process_the_collectives_do_nothing():
     import torch
 
-    from transfer import distributed
+    from transfer.training import distributed
 
     x = torch.randn(3, 2)
     assert distributed.gather_rows(x, 3) is x and distributed.sum_over_ranks(x) is x
@@ -357,7 +357,7 @@ def test_in_one_process_the_collectives_do_nothing():
 
 
 def test_lost_peers_are_told_from_other_errors():
-    from transfer import distributed
+    from transfer.training import distributed
 
     gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
                         "[127.0.0.1]:54659: Connection reset by peer. This is typically caused by a remote worker")
@@ -377,7 +377,7 @@ def test_a_process_of_a_torchrun_job_outside_its_group_does_not_extract(home, mo
 
 
 def test_a_split_that_leaves_a_process_without_examples_is_refused():
-    from transfer.trainer import TransferError, _check_split
+    from transfer.training.trainer import TransferError, _check_split
 
     _check_split(96, 32, 2)
     _check_split(97, 32, 1)

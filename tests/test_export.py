@@ -17,9 +17,9 @@ from PIL import Image
 import zoo
 from storage.catalog import open_catalog
 from tests.conftest import REPO, run_cli
-from transfer import runtime
-from transfer.export import ExportFailed, export_run, list_exports
-from transfer.trainer import TransferConfig, run
+from transfer.serving import runtime
+from transfer.export.onnx import ExportFailed, export_run, list_exports
+from transfer.training.trainer import TransferConfig, run
 from zoo.datasets import load_dataset
 from zoo.models import random_spec
 
@@ -118,7 +118,7 @@ def test_text_export_carries_its_tokenizer_and_matches_pytorch():
 
 def test_text_truncation_matches_the_student_tokenisation():
     """Texts too long for the prompt are cut the same way as TextFeatureModel does it (max length 12 here)."""
-    from transfer.export import _build, _load_run
+    from transfer.export.onnx import _build, _load_run
 
     student, _, data = _build(_load_run(trained_run("text")))
     student.backbone.max_length = 12

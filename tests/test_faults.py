@@ -93,13 +93,13 @@ def test_training_killed_inside_a_checkpoint_write_and_again_mid_run_resumes_to_
     """Kill 1 lands after the checkpoint's temporary file is written, before its rename; kill 2 lands
     between checkpoints of the resumed run (started with the CLI). The last resume ends at the
     configured step count with one metric row per logged step: no gap, no duplicate."""
-    from transfer import trainer
+    from transfer.training import trainer
 
     run_id = "faults-killed-twice"
     proc = python(f"""
         import os, time, torch
         {REGISTER}
-        from transfer import trainer
+        from transfer.training import trainer
         real, calls = trainer._save_checkpoint, []
 
         def save(path, state):
@@ -153,7 +153,7 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_the_run_resumes(home, st
 
     import torch
 
-    from transfer import trainer
+    from transfer.training import trainer
 
     real, calls = torch.save, []
 
@@ -185,7 +185,7 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_the_run_resumes(home, st
 
 @pytest.mark.slow  # two worker processes start and train: tests/test_jobs.py covers the queue's resume by default
 def test_a_job_worker_killed_with_sigkill_is_reported_and_resumes_through_the_queue(home, student):
-    from transfer.jobs import JobQueue
+    from transfer.jobs.queue import JobQueue
 
     queue = JobQueue(workers=1, kill_after=20)
     try:
@@ -215,7 +215,7 @@ def test_a_job_worker_killed_with_sigkill_is_reported_and_resumes_through_the_qu
 def test_a_run_waits_out_another_process_holding_the_catalog(home, student):
     """Another process (the app scoring a ranking, say) keeps the catalog for longer than an interactive
     command waits (10 s): the run's next metrics flush waits its turn instead of failing the run."""
-    from transfer import trainer
+    from transfer.training import trainer
 
     holder = []
 
@@ -254,7 +254,7 @@ def test_a_worker_stops_at_a_checkpoint_when_the_app_that_started_it_is_killed(h
     SIGTERM from the kernel, writes a checkpoint and records the run as cancelled, so it can be resumed."""
     app = python(f"""
         import time
-        from transfer.jobs import JobQueue
+        from transfer.jobs.queue import JobQueue
         job = JobQueue(workers=1).submit({{**{RUN!r}, "steps": 6000, "checkpoint_every": 8}})
         print("RUN", job.run_id, flush=True)
         time.sleep(600)
@@ -272,7 +272,7 @@ def test_a_worker_stops_at_a_checkpoint_when_the_app_that_started_it_is_killed(h
         time.sleep(0.2)
     row = run_row(run_id)
     assert row["status"] == "cancelled" and 8 <= row["step"] < 6000
-    from transfer.trainer import _run_dir, load_checkpoint
+    from transfer.training.trainer import _run_dir, load_checkpoint
 
     assert load_checkpoint(_run_dir(run_id) / "checkpoint.pt")["step"] == row["step"]
 
@@ -494,7 +494,7 @@ os.environ["AFTZOO_HOME"] = str(home)
 import torch
 from storage.catalog import CatalogWriteError, open_catalog
 from storage.features import FeatureKey, FeatureStore, FeatureStoreError
-from transfer.trainer import CheckpointError, _save_checkpoint
+from transfer.training.trainer import CheckpointError, _save_checkpoint
 from zoo.userdata import import_upload
 
 out = {}

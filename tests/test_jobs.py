@@ -5,8 +5,8 @@ import pytest
 
 import zoo
 from storage.catalog import open_catalog
-from transfer.jobs import JobQueue
-from transfer.trainer import TransferError, history
+from transfer.jobs.queue import JobQueue
+from transfer.training.trainer import TransferError, history
 from zoo.models import random_spec
 
 STUDENT = "test-jobs-resnet"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from transfer.aft import aft_loss
-from transfer.objectives import AFT, METHODS, BTuning, FactorTransfer, make_objective
+from transfer.training.aft import aft_loss
+from transfer.training.objectives import AFT, METHODS, BTuning, FactorTransfer, make_objective
 
 torch.manual_seed(0)
 
@@ -166,7 +166,7 @@ class _TinyStudent(torch.nn.Module):
 def test_a_regulariser_does_not_throttle_the_students_first_step(method):
     # FT's zero-initialised last layer meets a normalisation at 0: its first gradient has a norm near
     # 1e9. Clipped together with the student's, it shrank the student's step about 100-fold.
-    from transfer.trainer import train_step
+    from transfer.training.trainer import train_step
 
     x, y, psi = torch.randn(16, 6), torch.randint(0, 3, (16,)), torch.randn(16, 5)
 

@@ -26,7 +26,7 @@ import torch
 from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, file_checksum
 from tests.conftest import AFTZOO, REPO, run_cli
 from tests.test_export import exported
-from transfer import runtime
+from transfer.serving import runtime
 
 SOURCES = ["app", "storage", "transfer", "zoo"]
 SECRET = "hunter2-Sup3r-s3cret"
@@ -101,7 +101,7 @@ def test_no_code_path_deserialises_with_pickle():
 def cancelled_run(home, monkeypatch):
     """A real run stopped at step 8 (resumable), with its checkpoint on disk; trained on one thread."""
     import zoo
-    from transfer import trainer
+    from transfer.training import trainer
     from zoo.models import random_spec
 
     threads = torch.get_num_threads()
@@ -119,8 +119,8 @@ def cancelled_run(home, monkeypatch):
 
 
 def test_a_checkpoint_carrying_pickled_code_is_refused_by_resume_and_export(cancelled_run, tmp_path):
-    from transfer.export import ExportFailed, export_run
-    from transfer.trainer import CheckpointError, resume
+    from transfer.export.onnx import ExportFailed, export_run
+    from transfer.training.trainer import CheckpointError, resume
 
     run_id, ckpt = cancelled_run
     good = torch.load(ckpt, weights_only=True)
@@ -315,7 +315,7 @@ def test_the_server_binds_loopback_by_default_and_warns_when_exposed(export_dir)
 
 
 def test_the_password_never_reaches_cli_output_or_job_logs(home, monkeypatch):
-    from transfer.jobs import JobQueue, worker_environment
+    from transfer.jobs.queue import JobQueue, worker_environment
 
     env = {"AFTZOO_APP_USER": "bob", "AFTZOO_APP_PASSWORD": SECRET}
     outputs = [run_cli("doctor", "--json", env=env), run_cli("runs", env=env),

@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.serve import create_app, load_models, warn_if_exposed
 from tests.conftest import REPO, serve_in_thread
-from transfer import runtime
+from transfer.serving import runtime
 from zoo.datasets import load_dataset
 
 MAX_BODY = 1 << 20

@@ -11,8 +11,8 @@ import torch
 
 import zoo
 from storage.catalog import open_catalog
-from transfer import objectives, trainer
-from transfer.trainer import Cancelled, TransferConfig, TransferError, TrainingDiverged, history, resume, run
+from transfer.training import objectives, trainer
+from transfer.training.trainer import Cancelled, TransferConfig, TransferError, TrainingDiverged, history, resume, run
 
 STUDENT = "test-tiny-resnet"
 REGISTER = (f"import zoo; from zoo.models import random_spec; "
@@ -69,7 +69,7 @@ def test_run_is_recorded_with_teacher_slices():
 def test_kill_and_resume_continues_with_a_continuous_history(tmp_path):
     code = textwrap.dedent(f"""
         {REGISTER}
-        from transfer.trainer import TransferConfig, run
+        from transfer.training.trainer import TransferConfig, run
         cfg = TransferConfig(**{BASE!r}, method="aft")
         cfg.steps = 36
         def on_step(m):

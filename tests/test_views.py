@@ -5,7 +5,7 @@ import pytest
 import zoo
 from app import views
 from transfer.ranking import rank
-from transfer.trainer import TransferConfig, run
+from transfer.training.trainer import TransferConfig, run
 from zoo.models import random_spec
 
 STUDENT = "test-views-resnet"
@@ -59,7 +59,7 @@ def test_curves_are_numeric_for_the_plots(runs):
 
 
 def test_jobs_table_shows_progress_and_the_active_trial_of_a_beta_search(runs):
-    from transfer.jobs import Job
+    from transfer.jobs.queue import Job
 
     search = run(TransferConfig(**{**BASE, "steps": 3}, teachers=TEACHERS[:1], method="aft", beta="auto",
                                 beta_grid=(0.1, 1.0)), progress=False)

@@ -17,7 +17,7 @@ In a ``torch.distributed`` job (``aftzoo launch -- extract ...``) every process 
 the same arguments; each computes a contiguous shard of the examples, and rank 0 alone opens the
 catalog, merges the shards and indexes one file under the same key as a single-process run (see
 ``_Job.run_sharded``). Only ``torch.distributed`` itself is used here: the process group is set up
-by the caller (``transfer.distributed``), which this lower layer does not import.
+by the caller (``transfer.training.distributed``), which this lower layer does not import.
 """
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def _process_group() -> tuple[int, int] | None:
         raise ShardedExtractionError(
             f"this process is one of {world} started by torchrun (WORLD_SIZE={world}) but has not joined their "
             "process group, so each would extract everything and race to index it: start them with `aftzoo launch`, "
-            "or call transfer.distributed.init() first")
+            "or call transfer.training.distributed.init() first")
     return None
 
 
@@ -223,7 +223,7 @@ def _collective(fn, *args, **kwargs):
 
 def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
     """Rank ``rank``'s contiguous rows of ``n``: sizes differ by at most one, lower ranks take the extra
-    (``transfer.distributed.shard``'s rule, restated: zoo does not import transfer)."""
+    (``transfer.training.distributed.shard``'s rule, restated: zoo does not import transfer)."""
     size, extra = divmod(n, world)
     start = rank * size + min(rank, extra)
     return start, start + size + (rank < extra)

@@ -1,6 +1,6 @@
 """Shared plumbing of the evidence scripts: sizes, the seeds loop, mean ± SE, tables, JSON and plots.
 
-Every number comes from the real library: students are trained by ``transfer.trainer.run`` and
+Every number comes from the real library: students are trained by ``transfer.training.trainer.run`` and
 teachers scored by ``transfer.ranking.rank``, so every run (each beta trial included) lands in
 the catalog of the current AFTZOO_HOME and shows on the app's Runs page.
 
@@ -77,7 +77,7 @@ class Setting:
         return "text" if self.dataset == "rotten_tomatoes" else "image"
 
     def config(self, method: str, teachers: list[str] | tuple[str, ...], seed: int, beta: float | str):
-        from transfer.trainer import TransferConfig
+        from transfer.training.trainer import TransferConfig
 
         return TransferConfig(dataset=self.dataset, student=self.student, teachers=list(teachers), method=method,
                               beta=beta, beta_grid=self.beta_grid, steps=self.steps, lr=self.lr,
@@ -95,7 +95,7 @@ class Setting:
 
 TINY_STUDENT = "evidence-tiny-resnet"
 SMALL_GRID = (1.0, 10.0)      # two candidates an order of magnitude apart: the hold-out search, cheaply
-FULL_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)   # the trainer's own grid (transfer.trainer.BETA_GRID)
+FULL_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)   # the trainer's own grid (transfer.training.trainer.BETA_GRID)
 
 # Measured here (1 torch thread, other work on the 2 cores): a MiniLM-L6 step on 64 texts takes 4-5 s,
 # so one epoch of 1,000 texts is over a minute; a ResNet-18 step on 128 images at 32x32 takes 0.5 s.
@@ -325,7 +325,7 @@ def _drop_checkpoints(run_ids) -> None:
 
 def final_weights(run_id: str) -> dict[str, float]:
     """AFT's mean learned weight sigmoid(s) at the end of a run: overall, and per teacher with >= 2 teachers."""
-    from transfer.trainer import history
+    from transfer.training.trainer import history
 
     h = history(run_id)
     cols = [c for c in h.columns if str(c).startswith("weight_mean")]
@@ -337,7 +337,7 @@ def final_weights(run_id: str) -> dict[str, float]:
 
 def train(ctx: Context, cfg) -> dict:
     """One configuration (beta may be "auto"): its final test accuracy, run id and chosen beta."""
-    from transfer.trainer import run
+    from transfer.training.trainer import run
 
     started = time.perf_counter()
     done = None if ctx.fresh else _find_completed(cfg)

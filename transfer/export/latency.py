@@ -36,7 +36,7 @@ def student_vs_teacher(export_dir: str, teacher: str, *, n: int = 32, batch: int
     """Milliseconds per input of the exported student (onnxruntime) and of ``teacher`` (PyTorch), and their ratio."""
     import torch
 
-    from transfer.runtime import load_export
+    from transfer.serving.runtime import load_export
     from zoo.datasets import load_dataset
     from zoo.models import load
     from zoo.prompts import prompt_for

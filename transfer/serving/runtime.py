@@ -1,6 +1,6 @@
 """Run an exported student with onnxruntime alone: no PyTorch, no model library.
 
-An export folder (written by ``transfer.export``) holds::
+An export folder (written by ``transfer.export.onnx``) holds::
 
     model.onnx, model.onnx.data   the network (weights always in the external data file)
     preprocess.json               how raw inputs become the network's tensors

@@ -13,8 +13,8 @@ killed; its run, if it had one, is marked cancelled and resumes from its last ch
 
 ``sweep`` runs hyper-parameter trials (beta, learning rates, ...) as parallel jobs of one queue.
 
-    python -m transfer.jobs transfer RUN_ID CONFIG_JSON     # what the queue runs
-    python -m transfer.jobs resume RUN_ID
+    python -m transfer.jobs.queue transfer RUN_ID CONFIG_JSON     # what the queue runs
+    python -m transfer.jobs.queue resume RUN_ID
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class JobQueue:
     # -- submitting -------------------------------------------------------------------------
     def submit(self, config) -> Job:
         """Queue a new transfer; a bad configuration fails here, before anything is queued."""
-        from transfer.trainer import TransferConfig, check_names, new_run_id
+        from transfer.training.trainer import TransferConfig, check_names, new_run_id
 
         cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(dict(config))
         cfg.validate()
@@ -100,7 +100,7 @@ class JobQueue:
 
     def submit_resume(self, run_id: str) -> Job:
         """Queue the continuation of a cancelled, failed or killed run from its last checkpoint."""
-        from transfer.trainer import TransferError, check_resumable
+        from transfer.training.trainer import TransferError, check_resumable
 
         row = check_resumable(run_id)
         with self._lock:
@@ -183,7 +183,7 @@ class JobQueue:
         logs = get_settings().home / "jobs"
         logs.mkdir(parents=True, exist_ok=True)
         job.log = str(logs / f"{job.id}-{job.run_id}.log")
-        argv = [sys.executable, "-m", "transfer.jobs", job.kind, job.run_id]
+        argv = [sys.executable, "-m", "transfer.jobs.queue", job.kind, job.run_id]
         if job.kind == "transfer":
             argv.append(json.dumps(job.config))
         with open(job.log, "ab") as log:
@@ -230,7 +230,7 @@ NOT_SWEPT = ("dataset", "holdout_fraction", "parent", "beta_grid")  # what the t
 def sweep_configs(base, grid: dict[str, list], holdout_fraction: float = 0.1) -> list:
     """One ``TransferConfig`` per combination of ``grid``'s values (the first key varies slowest), each
     evaluated on ``holdout_fraction`` of the training set (0: on the test split). All are validated here."""
-    from transfer.trainer import TransferConfig, TransferError, check_names
+    from transfer.training.trainer import TransferConfig, TransferError, check_names
 
     cfg = base if isinstance(base, TransferConfig) else TransferConfig.from_dict(dict(base))
     fields = {f.name for f in dataclasses.fields(TransferConfig)}
@@ -341,7 +341,7 @@ def _killed(code: int) -> str:
 
 
 def _mark_stopped(run_id: str, status: str, error: str) -> None:
-    from transfer.trainer import mark_stopped
+    from transfer.training.trainer import mark_stopped
 
     try:
         mark_stopped(run_id, status, error)
@@ -353,7 +353,7 @@ def _mark_stopped(run_id: str, status: str, error: str) -> None:
 # The worker: one job, in its own process
 # ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m transfer.jobs", description="Run one transfer job.")
+    ap = argparse.ArgumentParser(prog="python -m transfer.jobs.queue", description="Run one transfer job.")
     ap.add_argument("kind", choices=("transfer", "resume"))
     ap.add_argument("run_id")
     ap.add_argument("config", nargs="?", help="the TransferConfig as JSON (kind 'transfer')")
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     _die_with_parent(parent)
-    from transfer.trainer import Cancelled, resume, run
+    from transfer.training.trainer import Cancelled, resume, run
 
     try:
         if args.kind == "transfer":

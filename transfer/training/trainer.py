@@ -41,9 +41,9 @@ import torch.nn.functional as F
 
 from storage.catalog import open_catalog
 from storage.settings import get_settings, resolve_device
-from transfer import distributed
-from transfer.objectives import METHODS, Objective, make_objective
-from transfer.students import Student, build_student
+from transfer.training import distributed
+from transfer.training.objectives import METHODS, Objective, make_objective
+from transfer.training.students import Student, build_student
 from zoo.datasets import Dataset, load_dataset
 from zoo.extract import extract_info
 from zoo.prompts import prompt_for

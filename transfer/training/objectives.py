@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from transfer.aft import EPS, aft_loss, kernel_distance
+from transfer.training.aft import EPS, aft_loss, kernel_distance
 
 
 class Objective(nn.Module):

@@ -19,7 +19,7 @@ Inputs: images ``pixel_values`` float32 ``(N, 3, S, S)``, normalised; texts ``in
 
 Parity is measured on the first ``parity_examples`` (64) examples of the data set's test
 split, twice: the model alone (the same preprocessed tensors into PyTorch and onnxruntime),
-and end to end (``transfer.runtime``'s numpy/tokenizers preprocessing + onnxruntime against
+and end to end (``transfer.serving.runtime``'s numpy/tokenizers preprocessing + onnxruntime against
 the student's own PyTorch preprocessing + PyTorch). Both are stored in the manifest and in
 the catalog's ``exports`` row. ``quantize="int8"`` applies onnxruntime's dynamic
 quantisation (int8 weights; activations quantised at run time) and reports the test
@@ -43,7 +43,7 @@ import numpy as np
 
 from storage.catalog import open_catalog
 from storage.settings import get_settings
-from transfer import runtime
+from transfer.serving import runtime
 
 FP32_TOLERANCE = 1e-3       # max |logit difference| accepted for a float32 export
 QUANTIZE = ("int8",)
@@ -97,7 +97,7 @@ def _load_run(run_id: str) -> dict:
 
 
 def _build(row: dict):
-    from transfer.students import build_student
+    from transfer.training.students import build_student
     from zoo.datasets import load_dataset
     from zoo.registry import UnknownModel, get
 
@@ -109,7 +109,7 @@ def _build(row: dict):
         raise ExportFailed(f"the student {row['student']!r} of run {row['id']} is not registered here: register it "
                            "again (zoo.register(..., persist=True) records it in the catalog for other processes)"
                            ) from None
-    from transfer.trainer import TransferError, load_checkpoint
+    from transfer.training.trainer import TransferError, load_checkpoint
 
     try:
         state = load_checkpoint(row["checkpoint"], "cpu")  # weights_only=True: no pickled code runs
