@@ -2,13 +2,12 @@
 
 ``aftzoo launch [OPTIONS] -- extract|transfer ARGS`` builds a ``python -m torch.distributed.run``
 command line and replaces itself with it (so Ctrl+C and signals reach torchrun, which stops its
-workers); each worker is ``python -m app.launch_cli extract|transfer ARGS``: it joins the process
+workers); each worker is ``python -m app.launch_worker extract|transfer ARGS``: it joins the process
 group (``transfer.training.distributed.session``) and runs the ordinary command, whose library code shards
 the work. Rank 0 alone prints results; every rank prints its errors.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
@@ -69,7 +68,7 @@ def torchrun_command(args: list[str], *, nproc_per_node: int, nnodes: int = 1, n
         cmd += ["--rdzv-backend", rdzv_backend, "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
         if rdzv_backend == "static":  # torchrun ignores the node rank with c10d, which assigns ranks itself
             cmd += ["--node-rank", str(node_rank)]
-    return [*cmd, "-m", "app.launch_cli", *args]
+    return [*cmd, "-m", "app.launch_worker", *args]
 
 
 def launch_cmd(
@@ -111,30 +110,6 @@ def launch_cmd(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)  # torchrun takes this process's place: signals and exit status are its own
-
-
-def worker(argv: list[str]) -> int:
-    """One process of a launched job: join the others, run the aftzoo command, leave the group; its exit status."""
-    from app.cli import main
-    from transfer.training import distributed
-
-    if not argv or argv[0] not in LAUNCHABLE:
-        return _error(f"a launched process runs one of: {', '.join(LAUNCHABLE)}; got {shlex.join(argv) or 'nothing'}",
-                      2)
-    try:
-        with distributed.session() as ctx, contextlib.ExitStack() as quiet:
-            if not ctx.is_main:  # results once, from rank 0; errors from every rank (stderr)
-                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
-            main(argv)  # exits (SystemExit) with the command's status
-    except (distributed.JobStopped, distributed.DistributedError) as exc:
-        return _error(str(exc), 1)
-    return 0
-
-
-def _error(message: str, code: int) -> int:
-    """``fail``'s line, outside a typer command (a worker's own errors)."""
-    err.print(f"[bold red]error:[/] {' '.join(message.split())}", highlight=False, soft_wrap=True)
-    return code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +181,3 @@ def sweep_cmd(
     if failed:
         raise typer.Exit(1)
 
-
-if __name__ == "__main__":
-    sys.exit(worker(sys.argv[1:]))

@@ -207,7 +207,7 @@ CATALOG_SPY = textwrap.dedent("""
         opened(self, *args, **kwargs)
 
     catalog.Catalog.__init__ = spy
-    from app.launch_cli import worker
+    from app.launch_worker import worker
     sys.exit(worker(sys.argv[1:]))
 """)
 
@@ -390,11 +390,11 @@ def test_a_split_that_leaves_a_process_without_examples_is_refused():
 def test_launch_builds_torchrun_commands_for_one_node_and_many():
     one = torchrun_command(["extract", "-m", TEACHER], nproc_per_node=2)
     assert one == [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
-                   "--standalone", "-m", "app.launch_cli", "extract", "-m", TEACHER]
+                   "--standalone", "-m", "app.launch_worker", "extract", "-m", TEACHER]
     many = torchrun_command(["transfer", "--json"], nproc_per_node=8, nnodes=4, node_rank=3,
                             rdzv_endpoint="node0.cluster:29500", rdzv_id="job-7", rdzv_backend="static")
     assert many[3:] == ["--nproc-per-node", "8", "--nnodes", "4", "--rdzv-backend", "static", "--rdzv-endpoint",
-                        "node0.cluster:29500", "--rdzv-id", "job-7", "--node-rank", "3", "-m", "app.launch_cli",
+                        "node0.cluster:29500", "--rdzv-id", "job-7", "--node-rank", "3", "-m", "app.launch_worker",
                         "transfer", "--json"]
     c10d = torchrun_command(["transfer"], nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29400")
     assert "--node-rank" not in c10d and c10d[c10d.index("--rdzv-backend") + 1] == "c10d"
@@ -412,6 +412,6 @@ def test_launch_builds_torchrun_commands_for_one_node_and_many():
 def test_launch_prints_its_command_and_refuses_other_commands():
     dry = run_cli("launch", "--nproc-per-node", "2", "--dry-run", "--", "extract", "-m", TEACHER, "-d", "digits")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip().endswith("--standalone -m app.launch_cli extract -m efficientnet-lite0 -d digits")
+    assert dry.stdout.strip().endswith("--standalone -m app.launch_worker extract -m efficientnet-lite0 -d digits")
     bad = run_cli("launch", "--dry-run", "--", "serve")
     assert bad.returncode == 2 and "launch runs one of: extract, transfer; got serve" in bad.stderr
