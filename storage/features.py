@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.catalog import Catalog, FeatureSetRow
+from storage.files import replace_durably, sweep_temporaries, temporary_name
 
 
 class FeatureStoreError(RuntimeError):
@@ -35,14 +36,6 @@ def file_checksum(path: Path, chunk: int = 1 << 23) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return "blake2b:" + digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _slug(text: str) -> str:
@@ -99,7 +92,7 @@ class FeatureWriter:
             raise ValueError(f"a feature matrix needs at least one row and one column; got {num_examples} x {dim}")
         self.store, self.key, self.dtype = store, key, np.dtype(dtype)
         self.final = store.path_for(key)
-        self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
+        self.tmp = temporary_name(self.final)
         self._finished: tuple | None = None
         self._indexed = False
         try:
@@ -143,11 +136,8 @@ class FeatureWriter:
         try:
             self._array.flush()
             del self._array
-            with open(self.tmp, "rb+") as f:
-                os.fsync(f.fileno())
             size, checksum = self.tmp.stat().st_size, file_checksum(self.tmp)
-            os.replace(self.tmp, self.final)
-            _fsync_dir(self.final.parent)
+            replace_durably(self.tmp, self.final)
         except OSError as exc:
             self.abort()
             raise FeatureStoreError(_no_room(self.final.parent, exc)) from None
@@ -244,21 +234,4 @@ class FeatureStore:
 
     def sweep(self) -> int:
         """Remove temporary files left by writers that died; return how many."""
-        removed = 0
-        for tmp in self.root.rglob(".*.tmp"):
-            pid = tmp.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
-            tmp.unlink(missing_ok=True)
-            removed += 1
-        return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return sweep_temporaries(self.root, recursive=True)
