@@ -1,7 +1,5 @@
-"""Storage: settings, the DuckDB catalog and the on-disk stores it indexes."""
-from storage.catalog import Catalog, CatalogBusyError, CatalogError, CatalogWriteError, open_catalog
-from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, FeatureStoreError
-from storage.settings import Settings, get_settings, resolve_device
+"""Storage: settings, the DuckDB catalog and the on-disk stores it indexes.
 
-__all__ = ["Catalog", "CatalogBusyError", "CatalogError", "CatalogWriteError", "open_catalog", "DamagedFeatureFile",
-           "FeatureKey", "FeatureStore", "FeatureStoreError", "Settings", "get_settings", "resolve_device"]
+Import the modules themselves (``storage.catalog``, ``storage.features``, ...): this package
+imports nothing, so a torch- and duckdb-free process (the server) can use ``storage.errors``.
+"""
