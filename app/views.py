@@ -383,7 +383,7 @@ MATCHED = ["dataset", "student", "total_steps", "limit_train", "limit_test", "pr
 def _finished_runs(dataset: str | None) -> pd.DataFrame:
     """Completed top-level runs with the settings that decide what they can be compared with."""
     with open_catalog() as cat:
-        frame = cat.df("SELECT id, dataset, student, method, config, total_steps, test_accuracy FROM runs "
+        frame = cat.df("SELECT id, dataset, student, teachers, method, config, total_steps, test_accuracy FROM runs "
                        "WHERE status = 'completed' AND test_accuracy IS NOT NULL"
                        + (" AND dataset = ?" if dataset else ""), [dataset] if dataset else [])
     configs = frame["config"].map(lambda c: json.loads(c) if isinstance(c, str) else (c or {}))
@@ -391,8 +391,10 @@ def _finished_runs(dataset: str | None) -> pd.DataFrame:
     frame, configs = frame[keep].copy(), configs[keep]
     for key in ("limit_train", "limit_test", "pretrained", "seed"):
         frame[key] = configs.map(lambda c, key=key: str(c.get(key)))
-    frame["label"] = [m if m == "stl" else f"{m}, beta {c.get('chosen_beta', c.get('beta'))}"
-                      for m, c in zip(frame["method"], configs)]
+    # A method with other teachers or another beta is another contender: each gets a bar of its own.
+    frame["label"] = [m if m == "stl" else f"{m} ({', '.join(json.loads(t or '[]'))}; beta "
+                                           f"{c.get('chosen_beta', c.get('beta'))})"
+                      for m, t, c in zip(frame["method"], frame["teachers"], configs)]
     return frame
 
 
