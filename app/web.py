@@ -153,8 +153,8 @@ def _transfer_page(ui: Ui) -> None:
                                      info="Needed for students without pre-trained weights on this machine.")
             ui.method = gr.Dropdown([(label, m) for m, label in views.METHOD_LABELS.items()],
                                     value=defaults["method"], label="Method", elem_id="method")
-        ui.teachers = gr.CheckboxGroup(ui.all_teachers, label="Teachers (pre-filled with the best of this data set's latest "
-                                             "ranking, never the student)", elem_id="teachers")
+        ui.teachers = gr.CheckboxGroup(ui.all_teachers, elem_id="teachers", label="Teachers (pre-filled with the "
+                                       "best of this data set's latest ranking, never the student)")
         with gr.Row():
             ui.beta = gr.Dropdown(views.beta_choices(), value=f"{defaults['beta']:g}", allow_custom_value=True,
                                   elem_id="beta", label="Teacher weight (beta)",
@@ -265,7 +265,8 @@ def on_dataset(name, student=None):
             views.zoo_table("teacher", kind), gr.update(choices=teachers, value=teachers[:2]),
             views.ranking_summary(ranking, name, latest=True), ranking, charts.score_chart(ranking, "logme"),
             gr.update(choices=teachers, value=[t for t in [views.best_teacher(ranking, chosen, teachers)] if t]),
-            gr.update(choices=students, value=chosen), gr.update(value=views.needs_scratch(chosen) if chosen else False),
+            gr.update(choices=students, value=chosen),
+            gr.update(value=views.needs_scratch(chosen) if chosen else False),
             "", "")
 
 
@@ -517,7 +518,8 @@ def predict(path, image, text):
 
 
 def _wire_export(ui: Ui) -> None:
-    ui.export_button.click(do_export, ui.export_run, [ui.export_status, ui.exported], api_name="export")
+    ui.export_button.click(do_export, ui.export_run, [ui.export_status, ui.exported], api_name="export",
+                           show_progress_on=ui.export_status)
     ui.exported.change(on_exported, ui.exported,
                        [ui.snippets, ui.download, ui.speed_teacher, ui.speed_status, ui.try_image, ui.try_text,
                         ui.try_status, ui.labels], api_name="pick_export")
@@ -616,7 +618,7 @@ def _wire_upload(ui: Ui) -> None:
     ui.upload.change(inspect, ui.upload, [ui.upload_status, ui.upload_preview, ui.text_column, ui.label_column,
                                           ui.new_name], api_name="inspect_upload")
     ui.add.click(add_dataset, [ui.upload, ui.text_column, ui.label_column, ui.new_name],
-                 [ui.upload_status, ui.dataset], api_name="add_dataset")
+                 [ui.upload_status, ui.dataset], api_name="add_dataset", show_progress_on=ui.upload_status)
 
 
 def auth_from_settings() -> tuple[str, str] | None:
