@@ -4,7 +4,8 @@
 
 Five pages follow the path of a user: pick or upload data, rank teachers, launch
 transfers (background jobs in their own processes), compare runs, export a student
-and try it. Tables and plot data come from ``app.views``, drawn charts from
+and try it. This module lays the pages out and wires their controls to
+``app.actions``; tables and plot data come from ``app.views``, drawn charts from
 ``app.charts``; the work is done by the library (``zoo``, ``transfer``); every result
 lives in the catalog, so the CLI and the app see the same runs.
 
@@ -17,18 +18,15 @@ current data set, job or export and is cleared when that changes.
 from __future__ import annotations
 
 import atexit
-import re
 import sys
-import tempfile
-from functools import lru_cache
-from pathlib import Path
+from functools import partial
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import gradio as gr
 import pandas as pd
 
-from app import charts, views
+from app import actions, charts, views
 from storage.settings import get_settings
 from transfer.jobs import JobQueue
 
@@ -41,49 +39,7 @@ yours. **2.** Rank the large *teacher* models: which of them already knows most 
 **3.** Train a small *student* with their help (Adaptive Feature Transfer and baselines). **4.** Compare
 the runs. **5.** Export the student and try it."""
 CSS = ".status p { margin: 0.2em 0; } footer { display: none !important; }"
-# Errors the library raises for bad input or a missing resource: shown as one line, never a traceback.
-USER_ERRORS = (ValueError, KeyError, RuntimeError, FileNotFoundError, TimeoutError)
-# The library's messages name CLI flags; the page names its own fields instead.
-FIELDS = {"--teachers": "the Teachers boxes", "--from-scratch": "'Start from random weights'",
-          "--batch-size": "the batch size", "--limit-train": "Training examples", "--limit-test": "Test examples",
-          "--steps": "Training steps", "--lr": "Learning rate", "--text-column": "Text column",
-          "--label-column": "Label column", "--beta": "Teacher weight (beta)"}
-NO_EXPORT = "Pick an exported student above: its download, how to call it, and a box for its input appear here."
 Ui = SimpleNamespace  # the page's components by name, filled by the page builders
-
-
-def problem(what: str, exc: BaseException) -> str:
-    """One line for a failed action; a KeyError's message without the quotes ``str`` adds around it."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    for flag, field in FIELDS.items():
-        text = re.sub(rf"\(?{re.escape(flag)}\b\)?", lambda m, f=field: f"({f})" if m[0][0] == "(" else f, text)
-    return f"**Could not {what}:** {text.strip()}"
-
-
-def _whole(value, label: str, minimum: int) -> int:
-    """A whole number of at least ``minimum`` from a number box, or an error naming the box."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not (number >= minimum and number == int(number)):
-        raise ValueError(f"{label} must be a whole number of at least {minimum}; got {value!r}")
-    return int(number)
-
-
-@lru_cache(maxsize=8)
-def _load_exported(path: Path, mtime: float):
-    from transfer.runtime import load_export
-
-    return load_export(path)  # verifies every file against the manifest's checksums
-
-
-def _exported(path: str):
-    """The export at ``path``, only if it lies under this home's exports: a client names the folder."""
-    from transfer.runtime import own_export
-
-    folder = own_export(path)
-    return _load_exported(folder, (folder / "manifest.json").stat().st_mtime)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +176,7 @@ def _export_page(ui: Ui) -> None:
         ui.export_status = gr.Markdown(elem_classes="status", elem_id="export-status")
         ui.exported = gr.Dropdown(label="Exported student", elem_id="exported", allow_custom_value=True)
         ui.download = gr.DownloadButton("Download the export (.zip)", visible=False, elem_id="download")
-        ui.snippets = gr.Markdown(NO_EXPORT, elem_id="snippets")
+        ui.snippets = gr.Markdown(actions.NO_EXPORT, elem_id="snippets")
         with gr.Row():
             ui.speed_teacher = gr.Dropdown(label="Teacher to compare with", elem_id="speed-teacher",
                                            allow_custom_value=True, scale=3)
@@ -236,297 +192,73 @@ def _export_page(ui: Ui) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour: what each page reads and does
+# Wiring: each control to what it does (``app.actions``)
 # ---------------------------------------------------------------------------------------------
-def _pick_student(students: list[str], current: str | None) -> str | None:
-    if current in students:
-        return current
-    return "resnet18-small" if "resnet18-small" in students else (students[0] if students else None)
-
-
-def _curves(run_id: str | None):
-    loss, acc = views.curves(run_id)
-    return (gr.update(value=loss if len(loss) else None, color_map=views.series_colors(loss)),
-            gr.update(value=acc if len(acc) else None, color_map=views.series_colors(acc)))
-
-
-def on_dataset(name, student=None):
-    """Everything that depends on the data set: its view, its models, its latest ranking, cleared statuses."""
-    if not name:
-        return [gr.update()] * 14
-    kind = views.modality(name)
-    teachers, students = views.available("teacher", kind), views.available("student", kind)
-    chosen = _pick_student(students, student)
-    ranking = views.latest_ranking(name)
-    counts = views.class_counts(name)
-    return (views.dataset_summary(name), gr.update(value=counts, color_map=views.series_colors(counts, "split")),
-            gr.update(value=views.image_examples(name), visible=kind == "image"),
-            gr.update(value=views.text_examples(name), visible=kind == "text"),
-            views.zoo_table("teacher", kind), gr.update(choices=teachers, value=teachers[:2]),
-            views.ranking_summary(ranking, name, latest=True), ranking, charts.score_chart(ranking, "logme"),
-            gr.update(choices=teachers, value=[t for t in [views.best_teacher(ranking, chosen, teachers)] if t]),
-            gr.update(choices=students, value=chosen),
-            gr.update(value=views.needs_scratch(chosen) if chosen else False),
-            "", "")
-
-
-def on_student(name, student, shown):
-    """A new student: whether it must start from random weights, and the best teacher that is not itself."""
-    if not name or not student:
-        return gr.update(), gr.update()
-    teachers = views.available("teacher", views.modality(name))
-    best = views.best_teacher(views.latest_ranking(name), student, teachers)
-    keep = [t for t in (shown or []) if t != student]
-    return gr.update(value=views.needs_scratch(student)), gr.update(value=keep or ([best] if best else []))
-
-
-def on_method(method):
-    """STL trains on labels alone: no teacher to tick, no teacher weight to set."""
-    uses_teachers = method != "stl"
-    return gr.update(interactive=uses_teachers), gr.update(interactive=uses_teachers), ""
-
-
-def rank_teachers(name, models, chosen, limit, shown, student, progress=gr.Progress()):
-    from transfer.ranking import rank
-
-    try:
-        limit = _whole(limit, "Training examples to use", 0)
-        progress(0, desc="loading the data set")
-        frame = rank(name, list(models or []), list(chosen or []), limit=limit or None, progress=False,
-                     on_progress=lambda f, what: progress(f, desc=what))
-    except USER_ERRORS as exc:
-        return problem("rank", exc), gr.update(), gr.update(), gr.update(), gr.update()
-    table = frame[[c for c in ["model", *chosen, "n", "skipped"] if c in frame.columns]].round(4)
-    best = views.best_teacher(frame, student, list(frame["model"]))
-    return (views.ranking_summary(frame, name), table, charts.score_chart(frame, shown), views.ranking_history(),
-            gr.update(value=[best] if best else []))
-
-
-def show_runs(scope, name):
-    """The Runs page and the lists that follow the runs (runs to resume and to export)."""
-    data = None if scope == "all data sets" else name
-    frame = views.runs_table(data)
-    comparisons = views.method_comparisons(data)
-    aft = frame[frame["method"].str.startswith("aft") & (frame["status"] == "completed")]
-    finished = views.run_choices("completed")
-    where = "on this data set" if data else "yet"
-    return (frame, "" if len(frame) else f"**No runs {where}.** Rank teachers on page 2, then start a transfer "
-                                         "on page 3: its run appears here while it trains.",
-            comparisons, charts.comparison_chart(comparisons), views.score_vs_accuracy(data),
-            gr.update(choices=list(frame["run"]), value=aft["run"].iloc[0] if len(aft) else None),
-            gr.update(choices=finished),
-            "" if finished else "**No finished run to export yet.** Start a transfer on page 3 and let it complete; "
-                                "it appears under *Finished run*.")
-
-
 def _wire_data(ui: Ui) -> None:
     outputs = [ui.summary, ui.counts, ui.gallery, ui.texts, ui.zoo_table, ui.rank_models, ui.rank_status,
                ui.rank_table, ui.rank_chart, ui.teachers, ui.student, ui.scratch, ui.launch_status, ui.runs_status]
-    ui.dataset.change(on_dataset, [ui.dataset, ui.student], outputs, api_name="select_dataset")
+    ui.dataset.change(actions.on_dataset, [ui.dataset, ui.student], outputs, api_name="select_dataset")
     ui.dataset_outputs = outputs
     _wire_upload(ui)
 
 
+def _wire_upload(ui: Ui) -> None:
+    """The "add your own data" flow: look at the file, let the user pick columns and a name, import it."""
+    ui.upload.change(actions.inspect_upload, ui.upload,
+                     [ui.upload_status, ui.upload_preview, ui.text_column, ui.label_column, ui.new_name],
+                     api_name="inspect_upload")
+    ui.add.click(actions.add_dataset, [ui.upload, ui.text_column, ui.label_column, ui.new_name],
+                 [ui.upload_status, ui.dataset], api_name="add_dataset", show_progress_on=ui.upload_status)
+
+
 def _wire_teachers(ui: Ui) -> None:
-    ui.rank_button.click(rank_teachers, [ui.dataset, ui.rank_models, ui.metrics, ui.rank_limit, ui.chart_metric,
-                                         ui.student],
+    ui.rank_button.click(actions.rank_teachers,
+                         [ui.dataset, ui.rank_models, ui.metrics, ui.rank_limit, ui.chart_metric, ui.student],
                          [ui.rank_status, ui.rank_table, ui.rank_chart, ui.rank_history, ui.teachers],
                          api_name="rank", show_progress_on=ui.rank_status)
     ui.chart_metric.change(charts.score_chart, [ui.rank_table, ui.chart_metric], ui.rank_chart, api_name=False)
 
 
-def _start(queue: JobQueue, name, student, scratch, method, teachers, beta, steps, lr, limit_train, limit_test):
-    """Queue a transfer from the form; every field is checked here, each error names its field."""
-    from transfer.trainer import TransferError
-
-    stl = method == "stl"
-    try:
-        if stl:
-            beta_value, teachers = 0.0, []  # STL has no teacher term: record no weight for it
-        elif str(beta).strip() == "auto":
-            beta_value = "auto"
-        else:
-            try:
-                beta_value = float(beta)
-            except (TypeError, ValueError):
-                raise ValueError(f"Teacher weight (beta) must be a number or 'auto'; got {beta!r}") from None
-        if not stl and not teachers:
-            raise ValueError(f"{method.upper()} learns from teachers: tick at least one, or choose STL")
-        steps = _whole(steps, "Training steps", 1)
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"Learning rate must be a number above 0; got {lr!r}")
-        config = {"dataset": name, "student": student, "teachers": list(teachers), "method": method,
-                  "beta": beta_value, "steps": steps, "lr": float(lr), "pretrained": not scratch,
-                  "limit_train": _whole(limit_train, "Training examples", 0) or None,
-                  "limit_test": _whole(limit_test, "Test examples", 0) or None,
-                  "eval_every": max(1, min(100, steps // 5)), "log_every": max(1, min(10, steps // 20))}
-        job = queue.submit(config)
-    except (TransferError, *USER_ERRORS) as exc:
-        return problem("start", exc), gr.update(), gr.update()
-    return (f"Queued job **{job.id}**: run `{job.run_id}`.", views.jobs_table(queue.jobs()),
-            gr.update(choices=_job_choices(queue), value=job.id))
-
-
-def _job_choices(queue: JobQueue) -> list[tuple[str, str]]:
-    return [(f"{j.id}: {j.run_id}", j.id) for j in queue.jobs()]
-
-
-def _job_line(queue: JobQueue, job_id) -> str:
-    """What the picked job is doing now."""
-    if not job_id:
-        return ""
-    try:
-        job = queue.get(job_id)
-    except KeyError:
-        return ""
-    row = views.jobs_table([j for j in queue.jobs() if j.run_id == job.run_id]).set_index("job").loc[job.id]
-    note = f"; {row['message']}" if row["message"] else ""
-    return f"Job **{job.id}** ({job.kind} of `{job.run_id}`): {job.state}, steps {row['steps']}{note}."
-
-
 def _wire_transfer(ui: Ui, queue: JobQueue) -> None:
-    ui.student.change(on_student, [ui.dataset, ui.student, ui.teachers], [ui.scratch, ui.teachers], api_name=False)
-    ui.method.change(on_method, ui.method, [ui.teachers, ui.beta, ui.launch_status], api_name=False)
+    ui.student.change(actions.on_student, [ui.dataset, ui.student, ui.teachers], [ui.scratch, ui.teachers],
+                      api_name=False)
+    ui.method.change(actions.on_method, ui.method, [ui.teachers, ui.beta, ui.launch_status], api_name=False)
     for field in (ui.beta, ui.steps, ui.lr, ui.limit_train, ui.limit_test, ui.teachers):
         field.change(lambda: "", None, ui.launch_status, api_name=False, show_progress="hidden")
-    ui.launch.click(lambda *a: _start(queue, *a),
+    ui.launch.click(partial(actions.start_transfer, queue),
                     [ui.dataset, ui.student, ui.scratch, ui.method, ui.teachers, ui.beta, ui.steps, ui.lr,
                      ui.limit_train, ui.limit_test], [ui.launch_status, ui.jobs, ui.job_pick], api_name="transfer")
-
-    def tick(job_id, seen, scope, name):
-        listed = queue.jobs()
-        run_id = next((j.run_id for j in listed if j.id == job_id), None)
-        now = (tuple(j.id for j in listed), tuple(sorted(j.id for j in listed if j.done)))
-        picks = gr.update(choices=_job_choices(queue)) if now[0] != tuple(seen[0]) else gr.update()
-        runs = show_runs(scope, name) if now[1] != tuple(seen[1]) else (gr.update(),) * len(ui.runs_outputs)
-        return (views.jobs_table(listed), *_curves(run_id), now, picks, _job_line(queue, job_id), *runs)
-
-    def cancel_job(job_id):
-        if not job_id:
-            return "**Pick a job first.**"
-        try:
-            job = queue.cancel(job_id)
-        except KeyError as exc:
-            return problem("cancel", exc)
-        return f"Job **{job.id}** is {'stopping' if job.state == 'running' else job.state}."
-
+    tick = partial(actions.tick, queue, len(ui.runs_outputs))
     inputs = [ui.job_pick, ui.seen, ui.runs_scope, ui.dataset]
     outputs = [ui.jobs, ui.loss_plot, ui.acc_plot, ui.seen, ui.job_pick, ui.job_status, *ui.runs_outputs]
     ui.timer.tick(tick, inputs, outputs, show_progress="hidden", api_name="jobs")
     ui.job_pick.change(tick, inputs, outputs, show_progress="hidden", api_name=False)
-    ui.cancel.click(cancel_job, ui.job_pick, ui.job_status, api_name="cancel")
-    ui.resume_job.click(lambda job_id: _resume(queue, _run_of(queue, job_id)), ui.job_pick,
-                        [ui.job_status, ui.job_pick], api_name="resume_job")
-    ui.tick = tick
-
-
-def _run_of(queue: JobQueue, job_id) -> str | None:
-    try:
-        return queue.get(job_id).run_id if job_id else None
-    except KeyError:
-        return f"(no job {job_id!r} here)"
-
-
-def _resume(queue: JobQueue, run_id):
-    from transfer.trainer import TransferError
-
-    if not run_id:
-        return "**Pick a run first.**", gr.update()
-    try:
-        job = queue.submit_resume(run_id)
-    except (TransferError, *USER_ERRORS) as exc:
-        return problem("resume", exc), gr.update()
-    return (f"Queued job **{job.id}**: resume `{run_id}` (see the Transfer page).",
-            gr.update(choices=_job_choices(queue), value=job.id))
+    ui.cancel.click(partial(actions.cancel_job, queue), ui.job_pick, ui.job_status, api_name="cancel")
+    ui.resume_job.click(partial(actions.resume_job, queue), ui.job_pick, [ui.job_status, ui.job_pick],
+                        api_name="resume_job")
 
 
 def _wire_runs(ui: Ui, queue: JobQueue) -> None:
     for trigger in (ui.refresh.click, ui.runs_scope.change, ui.dataset.change, ui.runs_tab.select,
                     ui.export_tab.select):
-        trigger(show_runs, [ui.runs_scope, ui.dataset], ui.runs_outputs,
+        trigger(actions.show_runs, [ui.runs_scope, ui.dataset], ui.runs_outputs,
                 api_name="runs" if trigger == ui.refresh.click else False)
     ui.weights_run.change(views.teacher_weights, ui.weights_run, ui.weights, api_name=False)
-    ui.resume.click(lambda run_id: _resume(queue, run_id), ui.weights_run, [ui.runs_status, ui.job_pick],
+    ui.resume.click(partial(actions.resume, queue), ui.weights_run, [ui.runs_status, ui.job_pick],
                     api_name="resume")
 
 
-def do_export(run_id, progress=gr.Progress()):
-    from transfer.export import export_run
-
-    if not run_id:
-        return "**Pick a finished run first.**", gr.update()
-    try:
-        progress(0.1, desc="exporting to ONNX and checking parity")
-        summary = export_run(run_id)
-    except USER_ERRORS as exc:
-        return problem("export", exc), gr.update()
-    return views.parity_text(summary), gr.update(choices=views.export_choices(), value=summary["path"])
-
-
-def on_exported(path):
-    """A picked export: its download, how to call it, the teachers to time it against, and the input box of its
-    kind; the previous export's results are cleared."""
-    hidden, cleared = gr.update(visible=False), ("", None)
-    if not path:
-        return (NO_EXPORT, gr.update(value=None, visible=False), gr.update(choices=[], value=None), "",
-                hidden, hidden, *cleared)
-    try:
-        model = _exported(path)
-    except (OSError, *USER_ERRORS) as exc:
-        return (problem("open this export", exc), gr.update(value=None, visible=False), gr.update(), "",
-                hidden, hidden, *cleared)
-    info = {**model.describe(), "path": str(model.folder)}
-    teachers = [t for t in model.manifest.get("teachers") or [] if t] or views.available("teacher", model.modality)
-    archive = views.export_zip(str(model.folder), str(Path(tempfile.gettempdir()) / "aftzoo-downloads"))
-    return (views.serving_snippets(info), gr.update(value=archive, visible=True),
-            gr.update(choices=teachers, value=teachers[0] if teachers else None), "",
-            gr.update(visible=model.modality == "image", value=None),
-            gr.update(visible=model.modality == "text", value=""), *cleared)
-
-
-def compare_speed(path, teacher, progress=gr.Progress()):
-    from transfer.latency import student_vs_teacher
-    from transfer.runtime import own_export
-
-    if not path or not teacher:
-        return "**Export a student and pick a teacher first.**"
-    try:
-        progress(0.2, desc=f"timing {teacher} and the student")
-        folder = own_export(path)
-        return views.latency_text(student_vs_teacher(folder, teacher), views.student_size(str(folder)))
-    except USER_ERRORS as exc:
-        return problem("measure", exc)
-
-
-def predict(path, image, text):
-    if not path:
-        return "**Pick an exported student first.**", None
-    try:
-        model = _exported(path)
-        if model.modality == "image":
-            if not image:
-                return "**This student reads images: add one above.**", None
-            item = image
-        else:
-            if not (text or "").strip():
-                return "**This student reads texts: type one above.**", None
-            item = model.parse_text(text)
-        top = model.predict([item], top_k=5)[0]
-    except (OSError, *USER_ERRORS) as exc:
-        return problem("classify", exc), None
-    return f"Top label: **{top[0]['label']}**", {t["label"]: t["probability"] for t in top}
-
-
 def _wire_export(ui: Ui) -> None:
-    ui.export_button.click(do_export, ui.export_run, [ui.export_status, ui.exported], api_name="export",
+    ui.export_button.click(actions.do_export, ui.export_run, [ui.export_status, ui.exported], api_name="export",
                            show_progress_on=ui.export_status)
-    ui.exported.change(on_exported, ui.exported,
+    ui.exported.change(actions.on_exported, ui.exported,
                        [ui.snippets, ui.download, ui.speed_teacher, ui.speed_status, ui.try_image, ui.try_text,
                         ui.try_status, ui.labels], api_name="pick_export")
     ui.export_run.change(lambda _: "", ui.export_run, ui.export_status, api_name=False, show_progress="hidden")
     ui.speed_teacher.change(lambda _: "", ui.speed_teacher, ui.speed_status, api_name=False, show_progress="hidden")
-    ui.speed_button.click(compare_speed, [ui.exported, ui.speed_teacher], ui.speed_status, api_name="compare_speed")
-    ui.classify.click(predict, [ui.exported, ui.try_image, ui.try_text], [ui.try_status, ui.labels],
+    ui.speed_button.click(actions.compare_speed, [ui.exported, ui.speed_teacher], ui.speed_status,
+                          api_name="compare_speed")
+    ui.classify.click(actions.predict, [ui.exported, ui.try_image, ui.try_text], [ui.try_status, ui.labels],
                       api_name="classify")
 
 
@@ -536,9 +268,9 @@ def _wire_load(demo: gr.Blocks, ui: Ui, queue: JobQueue) -> None:
     def on_load(name, student):
         names = views.dataset_names()
         name = name if name in names else (DEFAULT_DATASET if DEFAULT_DATASET in names else next(iter(names), None))
-        return (gr.update(choices=names, value=name), *on_dataset(name, student), views.ranking_history(),
-                views.jobs_table(queue.jobs()), gr.update(choices=_job_choices(queue)),
-                gr.update(choices=views.export_choices()), *show_runs("this data set", name))
+        return (gr.update(choices=names, value=name), *actions.on_dataset(name, student), views.ranking_history(),
+                views.jobs_table(queue.jobs()), gr.update(choices=actions.job_choices(queue)),
+                gr.update(choices=views.export_choices()), *actions.show_runs("this data set", name))
 
     demo.load(on_load, [ui.dataset, ui.student],
               [ui.dataset, *ui.dataset_outputs, ui.rank_history, ui.jobs, ui.job_pick, ui.exported, *ui.runs_outputs],
@@ -569,56 +301,6 @@ def build(queue: JobQueue, pages_before: Sequence[Callable[[Ui], None]] = ()) ->
         _wire_export(ui)
         _wire_load(demo, ui, queue)
     return demo
-
-
-def _wire_upload(ui: Ui) -> None:
-    """The "add your own data" flow: look at the file, let the user pick columns and a name, import it."""
-
-    def inspect(path):
-        from zoo.userdata import inspect_upload
-
-        hidden = gr.update(visible=False)
-        if not path:
-            return "", hidden, hidden, hidden, gr.update()
-        try:
-            info = inspect_upload(path)
-        except USER_ERRORS as exc:
-            return problem("read this file", exc), hidden, hidden, hidden, gr.update()
-        stem = Path(path).stem.lower().replace(" ", "-")
-        suggested = "".join(c for c in stem if c.isalnum() or c in "-_")[:40] or "my-data"
-        if info["kind"] == "table":
-            cols = info["columns"]
-            return (f"A table of {info['rows']:,} rows. Check the columns, name it, then **Add data set**.",
-                    gr.update(value=info["preview"], visible=True),
-                    gr.update(choices=cols, value=info.get("text_column"), visible=True),
-                    gr.update(choices=cols, value=info.get("label_column"), visible=True), suggested)
-        files, skipped = info["files_per_class"], info["skipped"]
-        note = f" {len(skipped)} files will be skipped (not images)." if skipped else ""
-        table = pd.DataFrame({"class": list(files), "images": list(files.values())})
-        return (f"Images in {len(files)} classes.{note} Name it, then **Add data set**.",
-                gr.update(value=table, visible=True), hidden, hidden, suggested)
-
-    def add_dataset(path, text, label, name, progress=gr.Progress()):
-        from zoo.userdata import import_upload
-
-        if not path:
-            return "**Choose a file first.**", gr.update()
-        try:
-            progress(0.1, desc="reading and checking the file")
-            ds = import_upload(path, (name or "").strip(), text_column=text or None, label_column=label or None,
-                               source_name=Path(path).name)
-        except USER_ERRORS as exc:
-            return problem("add this data set", exc), gr.update()
-        warnings = ds.extra.get("warnings") or []
-        note = ("\n\n" + "\n".join(f"- {w}" for w in warnings[:10])) if warnings else ""
-        sizes = ", ".join(f"{len(s):,} {k}" for k, s in ds.splits.items())
-        return (f"Added **{ds.name}**: {ds.num_classes} classes, {sizes}.{note}",
-                gr.update(choices=views.dataset_names(), value=ds.name))
-
-    ui.upload.change(inspect, ui.upload, [ui.upload_status, ui.upload_preview, ui.text_column, ui.label_column,
-                                          ui.new_name], api_name="inspect_upload")
-    ui.add.click(add_dataset, [ui.upload, ui.text_column, ui.label_column, ui.new_name],
-                 [ui.upload_status, ui.dataset], api_name="add_dataset", show_progress_on=ui.upload_status)
 
 
 def auth_from_settings() -> tuple[str, str] | None:
