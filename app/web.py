@@ -285,8 +285,9 @@ def build(queue: JobQueue, pages_before: Sequence[Callable[[Ui], None]] = ()) ->
         # A page narrows these lists to its data set's kind when it loads; API clients that skip the load are
         # checked against all of them (Gradio checks ticked boxes against the choices it knows).
         ui = Ui(queue=queue, all_teachers=views.available("teacher", "image") + views.available("teacher", "text"))
-        ui.dataset = gr.Dropdown(label="Data set", info="Every page works on this data set.", elem_id="dataset",
-                                 allow_custom_value=True)
+        # Its choices are read when the page loads; the value is set now, so that load does not count as a change.
+        ui.dataset = gr.Dropdown(value=DEFAULT_DATASET, label="Data set", info="Every page works on this data set.",
+                                 elem_id="dataset", allow_custom_value=True)
         with gr.Tabs():
             for page in pages_before:
                 page(ui)

@@ -113,7 +113,7 @@ def test_rank_transfer_export_and_classify_by_clicking(page, tmp_path):
     expect(jobs).to_contain_text(re.compile(done), timeout=600_000)  # other tests' jobs may share the page
     row = re.search(done, jobs.inner_text())
     assert row is not None, jobs.inner_text()
-    assert 0.1 < float(row.group(1)) <= 1.0
+    assert 0 <= float(row.group(1)) <= 1.0  # 16 steps from random weights: what it learns is not this test's point
 
     # The live curves of this first job: every line has a colour, the legend names each series and is not clipped.
     page.wait_for_timeout(3000)
