@@ -203,7 +203,7 @@ def resume(queue: JobQueue, run_id):
     if not run_id:
         return "**Pick a run first.**", gr.update()
     try:
-        job = queue.submitresume(run_id)
+        job = queue.submit_resume(run_id)
     except (TransferError, *USER_ERRORS) as exc:
         return problem("resume", exc), gr.update()
     return (f"Queued job **{job.id}**: resume `{run_id}` (see the Transfer page).",
