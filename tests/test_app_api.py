@@ -83,6 +83,7 @@ def test_rank_transfer_export_and_classify(client, tmp_path):
     with zipfile.ZipFile(download["value"]["path"] if isinstance(download["value"], dict) else download["value"]) as zf:
         assert {f"{name}/manifest.json", f"{name}/model.onnx"} <= set(zf.namelist())
     assert image_box["visible"] is True and text_box["visible"] is False
+    _snippets_answer(snippets, path, tmp_path)
     assert speed_teacher["value"] == rows[0]["model"] and speed == ""
     image = tmp_path / "digit.png"
     Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))).save(image)
@@ -94,6 +95,27 @@ def test_rank_transfer_export_and_classify(client, tmp_path):
     assert "ms** per input" in speed and "x** the teacher's time" in speed
     assert re.search(r"Student \*\*resnet18-small\*\* \([0-9.]+[KM] parameters, [0-9.]+ MB\)", speed), speed
     assert "x** its parameters" in speed
+
+
+def _snippets_answer(snippets: str, export: str, tmp_path: Path) -> None:
+    """The page's curl and tritonclient snippets, run as written against a real server of the export."""
+    import shutil
+    import subprocess
+    import sys
+
+    from app.serve import create_app
+    from tests.conftest import serve_in_thread
+
+    shell, python = re.findall(r"```(?:bash|python)\n(.*?)```", snippets, re.S)
+    Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))).save(tmp_path / "my.png")
+    with serve_in_thread(create_app([export])) as port:
+        code = python.replace("localhost:8000", f"localhost:{port}")
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and re.match(r"\[b'\d'", out.stdout), out.stderr[-2000:]
+        if shutil.which("curl"):
+            curl = shell.split("\n", 1)[1].replace("localhost:8000", f"localhost:{port}")  # the serve line aside
+            out = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert '"predictions"' in out.stdout, out.stdout + out.stderr
 
 
 def test_cancel_a_running_job_then_resume_it_to_the_end(client):

@@ -76,6 +76,9 @@ def plot_lines(pg, elem_id: str) -> dict:
 def test_rank_transfer_export_and_classify_by_clicking(page, tmp_path):
     expect = sync_api.expect
     expect(page.locator("#data-summary")).to_contain_text("1,437 for training, 360 for testing")
+    page.wait_for_timeout(1000)
+    counts = plot_lines(page, "class-counts")  # bars: no lines, but a legend that must show whole
+    assert {"train", "test"} <= set(counts["legend"]) and counts["inside"], counts
     shot(page, "1-data")
 
     # Teachers: the two offline EfficientNet-Lite models are ticked for an image data set.

@@ -171,3 +171,13 @@ def test_ranking_progress_moves_with_extraction_batches():
     batches = [w for _, w in seen if "features of" in w]
     assert len(batches) >= 2 * 2  # 80 examples take two batches or more, per teacher
     assert any(0 < f < 0.4 for f, w in seen if "features of" in w)  # the bar moves during the first extraction
+
+
+def test_messages_keep_their_quotes_and_name_the_page_fields_not_cli_flags():
+    from app.actions import problem
+
+    assert problem("start", ValueError("got 'lots'")) == "**Could not start:** got 'lots'"
+    assert problem("cancel", KeyError("no job 'x' here")) == "**Could not cancel:** no job 'x' here"
+    text = problem("start", ValueError("method 'aft' needs at least one teacher (--teachers); choose another "
+                                       "--batch-size"))
+    assert "--" not in text and "(the Teachers boxes)" in text and "choose another the batch size" in text
