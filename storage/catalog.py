@@ -329,25 +329,25 @@ def _acquire(path: Path, read_only: bool) -> Catalog:
     """The process's open catalog of ``path`` with one more user, opened if none is.
 
     A read-only request shares a writable catalog already open; a writable request while a
-    read-only one is open waits for it to close (one file, one configuration per process).
+    read-only one is open is busy (one file, one configuration per process): ``open_catalog``
+    waits for it as for another process.
     """
     key = path.resolve()
-    while True:
-        with _SHARED_LOCK:
-            held = _SHARED.get(key)
-            if held is not None and held[0]._pid != os.getpid():
-                del _SHARED[key]  # inherited through fork: the parent's connection, not ours
-                held = None
-            if held is None:
-                cat = Catalog(path, read_only=read_only)
-                cat._shared_key, cat._pid = key, os.getpid()
-                _SHARED[key] = (cat, 1)
-                return cat
-            cat, users = held
-            if read_only or not cat.read_only:
-                _SHARED[key] = (cat, users + 1)
-                return cat
-        time.sleep(0.02)
+    with _SHARED_LOCK:
+        held = _SHARED.get(key)
+        if held is not None and held[0]._pid != os.getpid():
+            del _SHARED[key]  # inherited through fork: the parent's connection, not ours
+            held = None
+        if held is None:
+            cat = Catalog(path, read_only=read_only)
+            cat._shared_key, cat._pid = key, os.getpid()
+            _SHARED[key] = (cat, 1)
+            return cat
+        cat, users = held
+        if read_only or not cat.read_only:
+            _SHARED[key] = (cat, users + 1)
+            return cat
+    raise CatalogBusyError(f"the catalog {path} is open read-only in this process; close it to write")
 
 
 def _release(cat: Catalog) -> bool:
