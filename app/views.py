@@ -16,7 +16,7 @@ from app.output import human_count
 from storage.catalog import open_catalog
 
 METHOD_LABELS = {
-    "aft": "AFT: adaptive feature transfer (recommended)",
+    "aft": "AFT: adaptive feature transfer",
     "stl": "STL: no teacher, labels only (baseline)",
     "kd": "KD: copy the teacher's features (baseline)",
     "rkd": "RKD: copy the teacher's similarities (baseline)",
@@ -40,9 +40,38 @@ def typed(**dtypes: str) -> pd.DataFrame:
 # Columns of each plot's data, typed (see ``typed``).
 CURVE = {"step": "int64", "value": "float64", "series": "str"}
 RANKING = {"model": "str", "metric": "str", "score": "float64"}
-BY_METHOD = {"method": "str", "data": "str", "accuracy": "float64", "runs": "int64"}
+COMPARISON = {"comparison": "str", "method": "str", "accuracy": "float64", "spread": "float64", "runs": "int64",
+              "seeds": "str"}
 SCORE_VS_ACCURACY = {"teacher": "str", "score": "float64", "accuracy": "float64", "method": "str", "data": "str"}
 WEIGHTS = {"teacher": "str", "mean weight": "float64"}
+# One colour per series, the same in every chart and on every update (Gradio's line plot keeps the colour
+# domain of the frame it was built with: a series it did not see then is drawn with no stroke at all).
+SERIES_COLORS = {"total loss": "#4f46e5", "cross-entropy": "#0891b2", "teacher term": "#d97706",
+                 "train accuracy": "#4f46e5", "test set accuracy": "#dc2626", "hold-out accuracy": "#059669",
+                 "train": "#6366f1", "test": "#f59e0b"}
+PALETTE = ["#4f46e5", "#dc2626", "#059669", "#d97706", "#0891b2", "#7c3aed", "#db2777", "#65a30d"]
+
+
+def transfer_defaults() -> dict:
+    """The transfer settings the app pre-fills: ``TransferConfig``'s own defaults, never copies of them."""
+    import dataclasses
+
+    from transfer.training.trainer import TransferConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TransferConfig) if f.default is not dataclasses.MISSING}
+
+
+def beta_choices() -> list[str]:
+    """'auto' and the beta grid the search tries, as the beta picker offers them."""
+    return ["auto", *(f"{b:g}" for b in transfer_defaults()["beta_grid"])]
+
+
+def series_colors(frame: pd.DataFrame, column: str = "series") -> dict[str, str]:
+    """A colour for each series in ``frame`` (see ``SERIES_COLORS``); sent with the data, so a new series set
+    makes the plot draw itself again with a colour for each."""
+    names = list(dict.fromkeys(frame[column])) if column in frame else []
+    spare = iter(PALETTE)
+    return {n: SERIES_COLORS.get(n) or next(spare, "#6b7280") for n in names}
 
 
 def _num(value) -> float | None:
@@ -185,6 +214,52 @@ def ranking_history() -> pd.DataFrame:
                              ascending=[True, False] if "logme" in frame else True).round(4)
 
 
+def latest_ranking(dataset: str) -> pd.DataFrame:
+    """The latest score of each model on ``dataset``, best first (LogME where scored, else the first metric)."""
+    from transfer.ranking.rank import history
+
+    frame = history(dataset).drop(columns=["dataset"], errors="ignore")
+    scored = [m for m in METRIC_LABELS if m in frame and frame[m].notna().any()]
+    if frame.empty or not scored:
+        return pd.DataFrame(columns=["model", "logme", "probe"])
+    return frame[["model", *scored]].sort_values(scored[0], ascending=False).reset_index(drop=True).round(4)
+
+
+def best_teacher(ranking: pd.DataFrame, student: str | None, candidates: list[str]) -> str | None:
+    """The best ranked of ``candidates`` in ``ranking`` (best first) that is not the student itself."""
+    for model in ranking.get("model", []):
+        if model != student and model in candidates:
+            return model
+    return None
+
+
+RANKING_NOTES = ("**How to read it.** *LogME* is the evidence per example that a linear model on the teacher's "
+                 "features explains your labels: higher is better, and it is often negative; the bars start at "
+                 "the lowest score, so the better teacher has the longer bar. *Linear-probe accuracy* is the "
+                 "cross-validated accuracy of a linear classifier on those features: the same ranking in a unit "
+                 "you can read (a gap of 0.05 is five examples in a hundred). *n*: the training examples scored. "
+                 "*skipped*: a score the model cannot have, and why (LEEP and NCE need the model's own "
+                 "classifier).")
+
+
+def ranking_summary(frame: pd.DataFrame, dataset: str, *, latest: bool = False) -> str:
+    """One paragraph naming the best teacher and what separates it from the next one."""
+    if frame.empty:
+        return f"**{dataset}** has no ranking yet: tick teachers and press **Rank teachers**."
+    scored = [m for m in METRIC_LABELS if m in frame and pd.notna(frame[m].iloc[0])]
+    first = frame.iloc[0]
+    text = (f"Latest scores on **{dataset}** from the catalog" if latest else
+            f"Ranked {len(frame)} teachers on {int(first['n']):,} examples of **{dataset}**") + \
+        f"; best: **{first['model']}**"
+    if scored:
+        text += " (" + ", ".join(f"{METRIC_LABELS[m]} {first[m]:.3f}" for m in scored) + ")"
+    if len(frame) > 1 and scored:
+        second = frame.iloc[1]
+        gaps = ", ".join(f"{METRIC_LABELS[m]} {first[m] - second[m]:+.3f}" for m in scored if pd.notna(second[m]))
+        text += f"; ahead of {second['model']} by {gaps}"
+    return text + "."
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs and jobs
 # ---------------------------------------------------------------------------------------------
@@ -203,13 +278,24 @@ def runs_table(dataset: str | None = None) -> pd.DataFrame:
         "run": frame["id"], "data": frame["dataset"], "student": frame["student"],
         "teachers": frame["teachers"].map(lambda t: ", ".join(json.loads(t)) if t else ""),
         "method": frame["method"],
-        "beta": configs.map(lambda c: f"auto: {c['chosen_beta']:g}" if "chosen_beta" in c else str(c.get("beta"))),
+        "beta": [("-" if m == "stl" else f"auto: {c['chosen_beta']:g}" if "chosen_beta" in c else str(c.get("beta")))
+                 for m, c in zip(frame["method"], configs)],
         "accuracy": frame["test_accuracy"].round(4),
-        "steps": frame.apply(lambda r: f"{r['step']}/{int(r['total_steps'])}" if _num(r["total_steps"]) else
-                             str(r["step"]), axis=1),
+        "steps": [steps_text(r["step"], r["total_steps"], c.get("steps"))
+                  for r, c in zip(frame.to_dict(orient="records"), configs)],
         "minutes": (frame["wall_seconds"] / 60).round(2),
         "status": frame["status"],
     }).reset_index(drop=True)
+
+
+def steps_text(step, total, asked=None) -> str:
+    """Steps run of the steps the run will run; when the trainer runs other than the steps asked, say so."""
+    if not _num(total):
+        return "-" if step is None or _num(step) is None else str(int(step))
+    text = f"{int(step or 0)}/{int(total)}"
+    if _num(asked) and int(asked) != int(total):
+        text += f" (asked {int(asked)}: whole epochs)"
+    return text
 
 
 def run_choices(status: str | None = None) -> list[str]:
@@ -267,12 +353,18 @@ def jobs_table(jobs) -> pd.DataFrame:
     for job in jobs:
         run = runs.get(job.run_id) or {}
         shown = active.get(job.run_id, run)
-        steps = f"{shown['step']}/{shown['total_steps']}" if shown.get("total_steps") else "-"
-        if job.run_id in active:
-            steps += " (beta search)"
+        later = next((j for j in reversed(jobs) if j.run_id == job.run_id and j.submitted_at > job.submitted_at),
+                     None)
         accuracy = _num(run.get("test_accuracy"))
+        if later is not None:  # the run went on in a later job: its steps and accuracy are that job's
+            steps, accuracy, message = "-", None, f"resumed in job {later.id}"
+        else:
+            steps = steps_text(shown.get("step"), shown.get("total_steps"),
+                               None if job.run_id in active else (job.config or {}).get("steps"))
+            steps += " (beta search)" if job.run_id in active else ""
+            message = job.error or ""
         rows.append({"job": job.id, "run": job.run_id, "what": job.kind, "state": job.state, "steps": steps,
-                     "accuracy": None if accuracy is None else round(accuracy, 4), "message": job.error or ""})
+                     "accuracy": None if accuracy is None else round(accuracy, 4), "message": message})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -284,13 +376,51 @@ def _completed(dataset: str | None) -> pd.DataFrame:
     return frame[(frame["status"] == "completed") & frame["accuracy"].notna()]
 
 
-def accuracy_by_method(dataset: str | None = None) -> pd.DataFrame:
-    """Mean test accuracy of completed runs per method (and data set)."""
-    frame = _completed(dataset)
-    if frame.empty:
-        return typed(**BY_METHOD)
-    return (frame.groupby(["method", "data"], as_index=False)
-            .agg(accuracy=("accuracy", "mean"), runs=("run", "count")).round(4))
+# What must match for two runs to be compared: the same data, student, steps and example limits.
+MATCHED = ["dataset", "student", "total_steps", "limit_train", "limit_test", "pretrained"]
+
+
+def _finished_runs(dataset: str | None) -> pd.DataFrame:
+    """Completed top-level runs with the settings that decide what they can be compared with."""
+    with open_catalog() as cat:
+        frame = cat.df("SELECT id, dataset, student, teachers, method, config, total_steps, test_accuracy FROM runs "
+                       "WHERE status = 'completed' AND test_accuracy IS NOT NULL"
+                       + (" AND dataset = ?" if dataset else ""), [dataset] if dataset else [])
+    configs = frame["config"].map(lambda c: json.loads(c) if isinstance(c, str) else (c or {}))
+    keep = configs.map(lambda c: not c.get("parent")).astype(bool)
+    frame, configs = frame[keep].copy(), configs[keep]
+    for key in ("limit_train", "limit_test", "pretrained", "seed"):
+        frame[key] = configs.map(lambda c, key=key: str(c.get(key)))
+    # A method with other teachers or another beta is another contender: each gets a bar of its own.
+    frame["label"] = [m if m == "stl" else f"{m} ({', '.join(json.loads(t or '[]'))}; beta "
+                                           f"{c.get('chosen_beta', c.get('beta'))})"
+                      for m, t, c in zip(frame["method"], frame["teachers"], configs)]
+    return frame
+
+
+def method_comparisons(dataset: str | None = None) -> pd.DataFrame:
+    """Test accuracy per method among runs that match (``MATCHED``), on the seeds all of them ran.
+
+    Runs of different data, steps or example counts are never averaged together: each
+    group is a comparison of its own, and a method's spread is the std over its seeds.
+    Only groups where two or more methods (or betas) ran are shown.
+    """
+    frame = _finished_runs(dataset)
+    out = []
+    for key, group in frame.groupby(MATCHED, dropna=False):
+        seeds = set.intersection(*(set(g["seed"]) for _, g in group.groupby("label")))
+        group = group[group["seed"].isin(seeds)]
+        if group["label"].nunique() < 2:
+            continue
+        data, student, steps, n_train, n_test, pretrained = key
+        name = (f"{data}: {student}{'' if pretrained == 'True' else ' (random init)'}, {int(steps)} steps, "
+                f"{'all' if n_train == 'None' else n_train} train / {'all' if n_test == 'None' else n_test} test")
+        for label, runs in group.groupby("label"):
+            acc = runs["test_accuracy"].astype(float)
+            out.append({"comparison": name, "method": label, "accuracy": round(acc.mean(), 4),
+                        "spread": round(acc.std(ddof=0), 4), "runs": len(runs),
+                        "seeds": ", ".join(sorted(set(runs["seed"])))})
+    return pd.DataFrame(out) if out else typed(**COMPARISON)
 
 
 def score_vs_accuracy(dataset: str | None = None, metric: str = "logme") -> pd.DataFrame:
@@ -363,8 +493,65 @@ def parity_text(summary: dict) -> str:
             f"difference {p['max_abs_logit_diff']:.2g}, top-1 agreement {p['top1_agreement']:.0%} ({verdict}).")
 
 
-def latency_text(r: dict) -> str:
-    return (f"Student **{r['student']}** in onnxruntime: **{r['student_ms']:.2f} ms** per input. Teacher "
+def student_size(path: str) -> tuple[int, int]:
+    """(parameters, bytes on disk) of an exported student: weights counted from the ONNX graph's
+    initialisers, bytes over the model files (external weight data included)."""
+    from pathlib import Path
+
+    import onnx
+
+    folder = Path(path)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type in (1, 10, 11, 16))  # floats
+    size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    return params, size
+
+
+def latency_text(r: dict, size: tuple[int, int] | None = None) -> str:
+    own = f" ({human_count(size[0])} parameters, {size[1] / 1e6:.1f} MB)" if size else ""
+    return (f"Student **{r['student']}**{own} in onnxruntime: **{r['student_ms']:.2f} ms** per input. Teacher "
             f"**{r['teacher']}** ({human_count(r['teacher_params'])} parameters) in PyTorch: "
             f"**{r['teacher_ms']:.2f} ms** per input. The student takes **{r['ratio']:.3f}x** the teacher's time "
-            f"({r['inputs']} test inputs, batches of {r['batch']}, preprocessing included, best of 3).")
+            + (f"with **{size[0] / r['teacher_params']:.2f}x** its parameters " if size else "")
+            + f"({r['inputs']} test inputs, batches of {r['batch']}, preprocessing included, best of 3).")
+
+
+def export_zip(path: str, into: str) -> str:
+    """The export folder ``path`` as ``<into>/<name>.zip`` (made once per manifest version)."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(path)
+    stamp = int((folder / "manifest.json").stat().st_mtime)
+    target = Path(into) / f"{folder.name}-{stamp}"
+    archive = target / f"{folder.name}.zip"
+    if not archive.is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.make_archive(str(archive.with_suffix("")), "zip", root_dir=folder.parent, base_dir=folder.name)
+    return str(archive)
+
+
+def serving_snippets(info: dict) -> str:
+    """How to serve an export and call it (curl and tritonclient), with its real model name and input kind."""
+    name, folder, image = info["name"], info["path"], info["modality"] == "image"
+    payload = ('"{\\"images\\": [\\"$(base64 -w0 my.png)\\"]}"' if image else
+               """'{"texts": ["a fine, moving film"]}'""")
+    data = 'open("my.png", "rb").read()' if image else '"a fine, moving film".encode()'
+    return f"""**Serve it** (onnxruntime only, no PyTorch) and call it; the model's name on the server is `{name}`.
+
+```bash
+aftzoo serve {folder} --port 8000
+curl -s localhost:8000/v1/models/{name}/predict -H 'Content-Type: application/json' \\
+     -d {payload}
+```
+
+```python
+import numpy as np
+import tritonclient.http as tc  # pip install tritonclient[http]
+
+client = tc.InferenceServerClient("localhost:8000")
+inp = tc.InferInput("input", [1], "BYTES")
+inp.set_data_from_numpy(np.array([{data}], dtype=np.object_))
+res = client.infer("{name}", [inp], outputs=[tc.InferRequestedOutput("labels"), tc.InferRequestedOutput("scores")])
+print(res.as_numpy("labels")[0], res.as_numpy("scores")[0])
+```"""

@@ -1,8 +1,11 @@
 """The DuckDB catalog: one file indexing models, data sets, features, rankings, runs and exports.
 
-Sharing within a process: a ``Catalog`` holds one DuckDB connection, and every thread
-that uses it gets its own cursor (DuckDB's documented way for threads to share a
-database: a connection object must not be used by two threads at once). Reads run
+Sharing within a process: ``open_catalog`` hands every caller of a process the same
+``Catalog``, which holds one DuckDB connection, and every thread that uses it gets its
+own cursor (DuckDB's documented way for threads to share a database: a connection
+object must not be used by two threads at once; two connections to one file in one
+process conflict, "Unique file handle conflict"). The connection closes when its last
+user closes it, so other processes can take the file between uses. Reads run
 concurrently. Writes take one process-wide lock, because DuckDB's optimistic
 concurrency would otherwise abort one of two transactions that touch the same row.
 
@@ -12,8 +15,10 @@ Across processes DuckDB allows one writer: a second process that opens the file 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +242,9 @@ class Catalog(RunCatalog):
                 raise
 
     def close(self) -> None:
+        """Let go of the catalog; a shared one (from ``open_catalog``) closes when its last user lets go."""
+        if getattr(self, "_shared_key", None) is not None and not _release(self):
+            return
         self._con.close()
 
     def __enter__(self) -> "Catalog":
@@ -296,8 +304,6 @@ def open_catalog(settings=None, *, read_only: bool = False, wait: float = 10.0) 
     batch of writes and close it again, so another process may hold it for a moment:
     wait up to ``wait`` seconds for it before raising ``CatalogBusyError``.
     """
-    import time
-
     from storage.settings import get_settings
 
     settings = settings or get_settings()
@@ -305,9 +311,53 @@ def open_catalog(settings=None, *, read_only: bool = False, wait: float = 10.0) 
     delay = 0.02
     while True:
         try:
-            return Catalog(settings.catalog_path, read_only=read_only)
+            return _acquire(Path(settings.catalog_path), read_only)
         except CatalogBusyError:
             if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+# The process's open catalogs, by file: (catalog, users). A catalog opened before a fork belongs to the
+# parent (its pid is checked), so a forked child opens its own.
+_SHARED: dict[Path, tuple[Catalog, int]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _acquire(path: Path, read_only: bool) -> Catalog:
+    """The process's open catalog of ``path`` with one more user, opened if none is.
+
+    A read-only request shares a writable catalog already open; a writable request while a
+    read-only one is open is busy (one file, one configuration per process): ``open_catalog``
+    waits for it as for another process.
+    """
+    key = path.resolve()
+    with _SHARED_LOCK:
+        held = _SHARED.get(key)
+        if held is not None and held[0]._pid != os.getpid():
+            del _SHARED[key]  # inherited through fork: the parent's connection, not ours
+            held = None
+        if held is None:
+            cat = Catalog(path, read_only=read_only)
+            cat._shared_key, cat._pid = key, os.getpid()
+            _SHARED[key] = (cat, 1)
+            return cat
+        cat, users = held
+        if read_only or not cat.read_only:
+            _SHARED[key] = (cat, users + 1)
+            return cat
+    raise CatalogBusyError(f"the catalog {path} is open read-only in this process; close it to write")
+
+
+def _release(cat: Catalog) -> bool:
+    """One user fewer; True when it was the last (the caller closes the connection)."""
+    with _SHARED_LOCK:
+        held = _SHARED.get(cat._shared_key)
+        if held is None or held[0] is not cat:
+            return True
+        if held[1] > 1:
+            _SHARED[cat._shared_key] = (cat, held[1] - 1)
+            return False
+        del _SHARED[cat._shared_key]
+        return True

@@ -36,3 +36,23 @@ def test_a_half_set_login_is_refused_with_one_line(tmp_path):
     r = run_cli("app", "--port", "0", env={"AFTZOO_HOME": str(tmp_path), "AFTZOO_APP_USER": "alice"}, timeout=120)
     assert r.returncode == 1
     assert "set both AFTZOO_APP_USER and AFTZOO_APP_PASSWORD" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_page_mounted_before_the_five_comes_first():
+    """The slot ``app.build_page`` uses: a page builder passed to ``build`` becomes the first tab."""
+    import gradio as gr
+
+    from app.web import build
+    from transfer.jobs.queue import JobQueue
+
+    def build_page(ui):
+        with gr.Tab("Build a small model", id="build"):
+            gr.Markdown("uses " + ui.dataset.elem_id)
+
+    queue = JobQueue(workers=1)
+    try:
+        config = build(queue, pages_before=[build_page]).get_config_file()
+    finally:
+        queue.shutdown()
+    tabs = [c["props"]["label"] for c in config["components"] if c.get("type") == "tabitem"]
+    assert tabs[:3] == ["Build a small model", "1. Data", "2. Teachers"], tabs

@@ -30,7 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -156,9 +156,14 @@ class _Model:
 
 
 def extract_info(model, dataset, split: str = "train", *, limit: int | None = None, batch_size: int | None = None,
-                 device: str | None = None, progress: bool = True, weights: str | Path | None = None,
-                 prompt: str | None = None, catalog: Catalog | None = None) -> ExtractResult:
-    """``extract`` with the details: whether it was a cache hit, seconds, file, device, batch size."""
+                 device: str | None = None, progress: bool | Callable[[int, int], None] = True,
+                 weights: str | Path | None = None, prompt: str | None = None,
+                 catalog: Catalog | None = None) -> ExtractResult:
+    """``extract`` with the details: whether it was a cache hit, seconds, file, device, batch size.
+
+    ``progress`` is a bool (a tqdm bar on stderr) or a function called after each batch with
+    (examples done, examples to do), for a caller's own progress display.
+    """
     return _extract(_Model(model, weights, device), dataset, split, limit=limit, batch_size=batch_size,
                     progress=progress, prompt=prompt, catalog=catalog)
 
@@ -283,16 +288,22 @@ class _Job:
             yield rows, out.float().cpu().numpy()
             bar.update(last - first)
 
-    def compute(self, fm, start: int, stop: int, sink, *, progress: bool) -> None:
+    def compute(self, fm, start: int, stop: int, sink, *, progress) -> None:
         import torch
         from tqdm.auto import tqdm
 
         spec = self.holder.spec
+        report = progress if callable(progress) else None  # a caller's hook: (examples done, total) per batch
         with torch.inference_mode(), _autocast(fm.device.type), tqdm(
                 total=stop - start, desc=f"{spec.name} {self.data.name}/{self.key.split}", unit="ex",
-                disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+                disable=not progress or report is not None, file=sys.stderr, dynamic_ncols=True,
+                leave=False) as bar:
+            done = 0
             for rows, values in self.batches(fm, start, stop, bar):
                 sink(rows, values)
+                done += len(values)
+                if report is not None:
+                    report(done, stop - start)
 
     def index(self, writer: FeatureWriter) -> tuple[np.ndarray, str]:
         """Put a finished file in the catalog, with its model and data set; return it memory-mapped, and its path."""

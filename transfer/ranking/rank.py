@@ -64,6 +64,7 @@ def rank(dataset: str, models: list[str], metrics: tuple[str, ...] | list[str] =
     stored in the ``rankings`` table with the data fingerprint, so rankings can be
     compared across data sets and over time. A metric a model cannot have (LEEP without
     a source classifier) is left empty, with the reason in the ``skipped`` column.
+    ``on_progress(fraction, what)`` hears of every extraction batch and scoring step.
     """
     metrics = list(dict.fromkeys(metrics))
     bad = [m for m in metrics if m not in METRICS]
@@ -76,15 +77,20 @@ def rank(dataset: str, models: list[str], metrics: tuple[str, ...] | list[str] =
         get_spec(name)  # unknown names fail before any extraction
     labels = data.split(split).labels[:limit] if limit else data.split(split).labels
     rows = []
+    share = 1 / len(models)  # of the bar, per model: 80% extraction (moving with its batches), 20% scoring
     for i, model in enumerate(models):
+        hook = progress
         if on_progress:
-            on_progress(i / len(models), f"extracting {model}")
-        info = extract_info(model, data, split, limit=limit, progress=progress)
+            on_progress(i * share, f"{model}: loading it, or its cached features")
+
+            def hook(done: int, total: int, i=i, model=model) -> None:
+                on_progress((i + 0.8 * done / total) * share, f"{model}: features of {done:,}/{total:,} examples")
+        info = extract_info(model, data, split, limit=limit, progress=hook)
         features = np.asarray(info.features)
         head, reason = source_classifier(model) if {"leep", "nce"} & set(metrics) else (None, None)
         probs = head(features) if head is not None else None
         if on_progress:
-            on_progress((i + 0.5) / len(models), f"scoring {model}")
+            on_progress((i + 0.8) * share, f"{model}: scoring ({', '.join(metrics)})")
         row: dict = {"model": model, "dim": features.shape[1], "n": features.shape[0]}
         skipped, inserts = [], []
         # Score first, then open the catalog only to insert: a 5-fold probe can take minutes, and a
