@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -91,6 +92,7 @@ def test_kd_known_values():
     kd = make_objective("kd", 4, 4)
     with torch.no_grad():
         kd.map.weight.copy_(torch.eye(4))
+        kd.map.bias.zero_()
     assert kd(phi, phi).item() == pytest.approx(0.0, abs=1e-12)
     with torch.no_grad():
         kd.map.weight.zero_()
@@ -113,12 +115,45 @@ def test_rkd_is_zero_for_a_scaled_copy_and_positive_otherwise():
     assert rkd(torch.randn(12, 6), psi).item() > 0.01
 
 
-def test_factor_transfer_starts_at_the_teacher_l1_norm():
+def test_factor_transfer_starts_at_its_bias_with_a_finite_first_gradient():
+    # The last layer's weights start at 0 but its bias does not (the authors' init): with both at 0 the output was
+    # exactly 0, and normalising it gave first gradients of norm ~1e9.
     phi, psi = torch.randn(8, 4), torch.randn(8, 6)
     ft = make_objective("ft", 4, 6)
     assert isinstance(ft, FactorTransfer)
-    expected = torch.nn.functional.normalize(psi, dim=1).abs().sum(1).mean()
-    assert ft(phi, psi).item() == pytest.approx(float(expected), rel=1e-6)
+    last = ft.mlp[-1]
+    assert last.weight.abs().sum() == 0 and last.bias.abs().sum() > 0
+    norm = torch.nn.functional.normalize
+    expected = (norm(last.bias.detach(), dim=0) - norm(psi, dim=1)).abs().sum(1).mean()
+    r = ft(phi, psi)
+    assert r.item() == pytest.approx(float(expected), rel=1e-5)
+    r.backward()
+    assert max(float(p.grad.norm()) for p in ft.parameters() if p.grad is not None) < 1e3
+
+
+def test_kd_map_has_a_bias_and_follows_the_students_lr():
+    kd = make_objective("kd", 4, 6)
+    assert kd.map.bias is not None  # the authors' map is affine: it can fit the teacher's mean
+    assert kd.follows_student_lr and make_objective("rkd", 4, 6).follows_student_lr
+    assert make_objective("ft", 4, 6).follows_student_lr and not make_objective("aft", 4, 6).follows_student_lr
+
+
+def test_aft_is_blind_to_the_teachers_feature_scale():
+    # Why unit-norm (sentence-transformers) teachers may stay as defined for AFT: its kernels are normalised.
+    phi, psi = torch.randn(16, 4), torch.randn(16, 6)
+    aft = make_objective("aft", 4, 6)
+    assert aft(phi, 14.9 * psi).item() == pytest.approx(aft(phi, psi).item(), rel=1e-5)
+
+
+def test_every_method_has_a_beta_grid_on_its_own_scale():
+    from transfer.training.objectives import BETA_GRIDS
+
+    assert set(BETA_GRIDS) == set(METHODS)
+    assert all(isinstance(g, tuple) and all(isinstance(b, float) for b in g) for g in BETA_GRIDS.values())
+    # One grid for all cannot work: KD's squared error is ~1e-3 of the cross-entropy against unit-norm teachers, FT's
+    # L1 sum over the teacher's dimensions ~30: their grids sit on either side of AFT's kernel distance (~0.1).
+    centre = {m: math.exp(sum(math.log(b) for b in BETA_GRIDS[m]) / len(BETA_GRIDS[m])) for m in ("kd", "aft", "ft")}
+    assert centre["kd"] > 10 * centre["aft"] > 100 * centre["ft"]
 
 
 def test_btuning_known_value_and_teacher_mixing():

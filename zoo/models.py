@@ -520,6 +520,10 @@ def load(model: ModelSpec | str, *, weights: str | Path | None = None, device: s
         source.kind == "folder" and Path(source.location).is_dir()) else None
     if spec.source == "noise":
         return NoiseFeatureModel(spec, source).eval()
+    if spec.source == "tiny":  # zoo/tiny.py: small students for cheap experiments
+        from zoo import tiny
+
+        return tiny.build(spec, source).to(device).eval()
     lib = library(spec, folder_kind)
     try:
         with _quiet_loading():

@@ -28,7 +28,7 @@ from zoo import packs
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MODALITIES = ("image", "text")
 ROLES = ("teacher", "student", "both")
-SOURCES = ("timm", "open_clip", "transformers", "sentence-transformers", "local", "pack", "noise")
+SOURCES = ("timm", "open_clip", "transformers", "sentence-transformers", "local", "pack", "noise", "tiny")
 FEATURE_RULES = ("pooled", "cls", "last_token", "sentence", "decoder_last_token", "noise")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -269,6 +269,21 @@ _add(_timm("resnet18-small", "resnet", "resnet18", 11_176_512, 512, role="studen
 _add(_timm("vit-tiny-small", "vit", "vit_tiny_patch16_224", 2_691_648, 192, role="student", size=32,
            random_init=True, interpolation="bilinear", create_kwargs={"img_size": 32, "patch_size": 4, "depth": 6},
            description="timm ViT-Tiny at 32x32, patch 4, 6 blocks, random initialisation (no weights)"))
+
+# Tiny students for cheap experiments (zoo/tiny.py builds them): seconds a run on two CPU cores.
+_TINY_TEXT_KW = dict(family="tiny", modality="text", role="student", source="tiny", random_init=True,
+                     feature_rule="sentence", max_length=128, prompt=False, tokenizer="pack:minilm-l6",
+                     licence="apache-2.0")
+_add(ModelSpec(name="tiny-bag-text", hub_id="embedding_bag", params=11_720_448, feature_dim=384,
+               config_overrides={"init_from": "minilm-l6"}, **_TINY_TEXT_KW,
+               description="mean of word embeddings on MiniLM-L6's tokenizer, initialised from MiniLM's"))
+_add(ModelSpec(name="tiny-transformer-text", hub_id="transformer", params=12_084_864, feature_dim=128,
+               config_overrides={"init_from": "minilm-l6", "layers": 2, "heads": 4}, **_TINY_TEXT_KW,
+               description="MiniLM-L6's word embeddings -> 128 dims, 2 transformer layers, mean pooling"))
+_add(ModelSpec(name="tiny-cnn", family="tiny", modality="image", role="student", source="tiny", hub_id="cnn",
+               params=241_184, feature_dim=128, image_size=32, mean=HALF, std=HALF, interpolation="bilinear",
+               random_init=True, licence="apache-2.0",
+               description="4 conv-BN-ReLU blocks at 32x32, 128 pooled features, random initialisation"))
 
 
 def noise_spec(dim: int, modality: str, *, seed: int = 0, scale: float | None = None,

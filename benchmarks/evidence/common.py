@@ -47,7 +47,8 @@ NO_MID_RUN_CHECKPOINTS = 10**9
 
 # What makes two runs the same experiment (device, logging and checkpoint cadence do not).
 RESULT_KEYS = ("dataset", "student", "teachers", "method", "beta", "steps", "lr", "objective_lr", "batch_size",
-               "weight_decay", "grad_clip", "seed", "pretrained", "limit_train", "limit_test", "holdout_fraction")
+               "weight_decay", "grad_clip", "seed", "pretrained", "limit_train", "limit_test", "holdout_fraction",
+               "schedule", "beta_holdout", "validation_size", "evaluate_on")
 
 METHOD_LABELS = {"stl": "STL", "kd": "KD", "rkd": "RKD", "ft": "FT", "btune": "B-Tuning", "aft": "AFT",
                  "aft_nokernel": "AFT, no kernel", "aft_identity": "AFT, identity weights (s fixed)",
