@@ -172,39 +172,33 @@ def _blocks(F: np.ndarray, axis: int):
         yield part, np.asarray(F[part] if axis == 0 else F[:, part], dtype=np.float64)
 
 
-def _gram_eigh(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending) and eigenvectors of the smaller Gram matrix, F^T F (N > D) or F F^T.
+def _gram_eigh(F: np.ndarray, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eigen-pairs of the smaller Gram matrix and the targets projected on its eigenvectors.
 
-    The Gram product is one symmetric rank-k update (half the flops of a general
-    product) and a symmetric eigendecomposition costs several times less than an
-    SVD of F; both in float64, since the small eigenvalues carry the evidence's
-    log-determinant. Squaring F's condition number costs digits only in directions
-    with s_i^2 below about eps * s_max^2, which the caller treats as zero.
+    Returns ``(s2, Q, z, yy)``: s2 the eigenvalues of F^T F (N > D) or F F^T
+    (descending), Q its eigenvectors, z = Q^T (F^T Y) (N > D) or Q^T Y, and
+    ||Y||^2 per column. The Gram product is a symmetric rank-k update (half the
+    flops of a general product; numpy calls syrk for a matrix times its own
+    transpose) and a symmetric eigendecomposition costs several times less than
+    an SVD of F. Both are float64: a float32 Gram moves the score by 1e-5 to 1e-4.
+    Squaring F's condition number costs digits only in directions with s_i^2
+    below about eps * s_max^2, which the caller treats as zero. F^T Y (a sum of
+    rows per class for one-hot Y) comes from the same pass over F.
     """
     n, d = F.shape
     rows = n > d
     G = np.zeros((d, d) if rows else (n, n))
-    for _, B in _blocks(F, 0 if rows else 1):
-        G += B.T @ B if rows else B @ B.T  # numpy calls syrk for a matrix times its own transpose
+    FtY = np.zeros((d, Y.shape[1])) if rows else None
+    for part, B in _blocks(F, 0 if rows else 1):
+        if rows:
+            G += B.T @ B
+            FtY += np.asarray((Y[part].T @ B).T)
+        else:
+            G += B @ B.T
     s2, Q = np.linalg.eigh(G)
-    return s2[::-1], Q[:, ::-1]
-
-
-def _project(F: np.ndarray, Y, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(U^T Y, ||Y||^2 per column): U the left singular vectors of F, from the Gram eigenvectors Q.
-
-    For N <= D, U = Q. For N > D, U^T Y = S^-1 Q^T (F^T Y), and F^T Y is one pass
-    over F (a sum of rows per class for one-hot Y); directions with s_i = 0 are
-    left to the caller.
-    """
+    s2, Q = s2[::-1], Q[:, ::-1]
     yy = np.asarray(Y.multiply(Y).sum(axis=0)).ravel() if scipy.sparse.issparse(Y) else np.einsum("ij,ij->j", Y, Y)
-    n, d = F.shape
-    if n <= d:
-        return np.asarray((Y.T @ Q).T), yy
-    FtY = np.zeros((d, Y.shape[1]))
-    for part, B in _blocks(F, 0):
-        FtY += np.asarray((Y[part].T @ B).T)
-    return Q.T @ FtY, yy
+    return s2, Q, (Q.T @ FtY if rows else np.asarray((Y.T @ Q).T)), yy
 
 
 def _times_F(F: np.ndarray, X: np.ndarray, transpose: bool = False) -> np.ndarray:
@@ -354,8 +348,7 @@ def _logme_targets(F: np.ndarray, Y, weights: bool = True) -> tuple[np.ndarray, 
     Gram eigendecomposition works on length-min(N, D) vectors, all targets at once.
     """
     n, d = F.shape
-    s2, Q = _gram_eigh(F)
-    z, yy = _project(F, Y, Q)
+    s2, Q, z, yy = _gram_eigh(F, Y)
     # Gram eigenvalues are accurate to about eps * s_max^2 only: below that a
     # direction is numerically in the null space, and is folded into delta.
     kept = s2 > max(n, d) * np.finfo(np.float64).eps * (s2[0] if s2.size else 0.0)
@@ -363,7 +356,7 @@ def _logme_targets(F: np.ndarray, Y, weights: bool = True) -> tuple[np.ndarray, 
         delta = (z[~kept] ** 2).sum(axis=0)
         z = z[kept]
     else:
-        z = z[kept] / np.sqrt(s2[kept])[:, None]
+        z = z[kept] / np.sqrt(s2[kept])[:, None]  # U^T Y = S^-1 Q^T F^T Y
         delta = np.maximum(yy - (z**2).sum(axis=0), 0.0)
         # When y is nearly in the column space the subtraction loses the digits
         # that matter; measure those residuals directly.
