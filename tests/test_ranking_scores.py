@@ -96,6 +96,37 @@ def test_logme_matches_sklearn_bayesian_ridge(n, d, c, seed):
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-6, atol=1e-6 * np.abs(expected_weights).max())
 
 
+@pytest.mark.parametrize("n, d", [(700, 180), (180, 700)], ids=["N>D", "N<D"])
+def test_logme_float32_features_match_sklearn_in_blocks(n, d, monkeypatch):
+    """float32 features (what models hand over) are converted to float64 block by block for the
+    Gram product; with blocks far smaller than F the answer is still BayesianRidge's on float64."""
+    from transfer.ranking import scores
+
+    features, labels = _blobs(n, d, 4, seed=21, separation=0.3)
+    features = features.astype(np.float32)
+    monkeypatch.setattr(scores, "_BLOCK_BYTES", 8 * 64 * max(n, d))  # 64 rows or columns per block
+    score, weights = logme(features, labels, return_weights=True)
+    expected, expected_weights = _sklearn_logme(features.astype(np.float64), labels)
+    assert score == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-6, atol=1e-6 * np.abs(expected_weights).max())
+    monkeypatch.undo()
+    assert logme(features.astype(np.float64), labels) == pytest.approx(score, rel=1e-10)
+
+
+@pytest.mark.parametrize("n, d", [(400, 60), (60, 400)], ids=["N>D", "N<D"])
+def test_logme_ill_conditioned_and_rank_deficient_features(n, d):
+    """The Gram matrix squares F's condition number; singular values spread over six decades and
+    exactly repeated columns (rank < min(N, D)) must still give BayesianRidge's evidence."""
+    rng = np.random.default_rng(22)
+    features, labels = _blobs(n, d, 3, seed=23)
+    u, _, vt = np.linalg.svd(features, full_matrices=False)
+    features = (u * np.logspace(0, -6, u.shape[1])) @ vt * 30.0
+    features[:, -5:] = features[:, :5]  # rank deficient
+    features = features[:, rng.permutation(d)]
+    expected, _ = _sklearn_logme(features, labels)
+    assert logme(features, labels) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
 @pytest.mark.parametrize("n, d, signal, real_valued, seed", [
     (80, 12, 0.0, False, 0),    # pure noise: the supremum is at alpha -> inf (w = 0)
     (25, 200, 0.5, False, 5),   # N << D, separable: the supremum is at beta -> inf (interpolation)
