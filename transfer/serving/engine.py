@@ -21,6 +21,7 @@ import io
 import json
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -178,6 +179,9 @@ class Engine:
         self.config = config
         self.models = {m.name: ServedModel(m, self) for m in models}
         self._heavy = asyncio.Semaphore(config.heavy_slots)
+        # Heavy decodes on threads of their own: each reuses the memory the previous one freed
+        # (spread over the shared pool's threads, every thread's malloc arena kept its own copy).
+        self._heavy_pool = ThreadPoolExecutor(config.heavy_slots, thread_name_prefix="aftzoo-heavy")
         self.heavy_waiting = 0
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
@@ -192,6 +196,7 @@ class Engine:
         for m in self.models.values():
             if m.batcher is not None:
                 await m.batcher.stop()
+        self._heavy_pool.shutdown(wait=False, cancel_futures=True)
 
     async def heavy(self, fn, *args):
         """``fn(*args)`` in a worker thread, in one of the heavy slots shared by every model."""
@@ -204,7 +209,7 @@ class Engine:
         finally:
             self.heavy_waiting -= 1
         try:
-            return await run_in_threadpool(fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._heavy_pool, fn, *args)
         finally:
             self._heavy.release()
 
