@@ -28,6 +28,7 @@ examples.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -51,6 +52,51 @@ QUANTIZE = ("int8",)
 
 class ExportFailed(RuntimeError):
     """A run that cannot be exported; the message says why and what to do."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(exc: BaseException, folder: Path) -> OSError | None:
+    """The full-disk error somewhere in ``exc``'s chain (exporters wrap it in their own), if any.
+
+    numpy's writer (under onnx's) raises ``OSError("problem writing element ...")`` with no errno:
+    an OSError while the disk has under 1 MiB free counts as a full disk too.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return OSError(errno.ENOSPC, "No space left on device")
+        if isinstance(exc, OSError):
+            try:
+                if shutil.disk_usage(folder).free < (1 << 20):
+                    return OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                pass
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _no_space(out: Path, error: OSError) -> ExportFailed:
+    try:
+        free = f"{shutil.disk_usage(out.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    why = "the file size limit (RLIMIT_FSIZE)" if error.errno == errno.EFBIG else free
+    return ExportFailed(f"no space left on the disk of {out.parent} ({why}) while writing the export; nothing was "
+                        "kept: free disk space, or export elsewhere with --out")
+
+
+def _readable(folder: Path) -> None:
+    """Files and folder as a fresh file would be (0644 with umask 022): the onnx writers leave some 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
+    folder.chmod(0o777 & ~mask)
 
 
 def _version(dist: str) -> str | None:
@@ -453,11 +499,15 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
             manifest["quantization"] = quantization
         manifest = _write_manifest(work, manifest)
         runtime.verify_export(work)
+        _readable(work)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, out.parent)  # before the partial files go: they are what filled the disk
         shutil.rmtree(work, ignore_errors=True)
+        if full is not None:
+            raise _no_space(out, full) from None
         raise
     record = {"parity": parity, **({"quantization": quantization} if quantization else {})}
     with open_catalog() as cat:
