@@ -236,6 +236,31 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(probabilities, idx, axis=-1)
 
 
+BUCKET_ROWS = 8  # texts per length bucket: enough rows for efficient matrix products
+
+
+def _buckets(mask: np.ndarray | None) -> list[tuple[np.ndarray, int]] | None:
+    """Rows of a right-padded text batch grouped by length, each group cut to its longest text.
+
+    A batch is padded to its longest text; at batch 32 of Rotten Tomatoes snippets about half the
+    tokens are padding, and a transformer computes them all (attention masks them only after the
+    matrix products). Sorted by length in groups of ``BUCKET_ROWS``, each group runs at its own
+    width: the same logits (padding is masked; positions of right-padded tokens do not move), up to
+    float rounding, for about the real tokens' cost. ``None`` where it cannot help or does not apply
+    (few rows, left padding, images).
+    """
+    if mask is None or mask.ndim != 2 or len(mask) < 2 * BUCKET_ROWS:
+        return None
+    lengths = mask.sum(axis=1)
+    if not (mask == (np.arange(mask.shape[1]) < lengths[:, None])).all():  # not plainly right-padded
+        return None
+    order = np.argsort(lengths, kind="stable")
+    groups = [order[i:i + BUCKET_ROWS] for i in range(0, len(order), BUCKET_ROWS)]
+    if len(groups[-1]) < BUCKET_ROWS // 2 and len(groups) > 1:  # a short tail joins the group before it
+        groups[-2:] = [np.concatenate(groups[-2:])]
+    return [(rows, max(1, int(lengths[rows].max()))) for rows in groups]
+
+
 class ExportedModel:
     """An export folder loaded into an onnxruntime session.
 
@@ -310,9 +335,20 @@ class ExportedModel:
         return item
 
     def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
+        """Feeds -> logits. Right-padded texts run in length buckets (see ``_buckets``)."""
         if isinstance(feeds, np.ndarray):
             feeds = {self.input_names[0]: feeds}
-        return self.session.run([self._logits], {k: feeds[k] for k in self.input_names})[0]
+        feeds = {k: feeds[k] for k in self.input_names}
+        buckets = _buckets(feeds.get("attention_mask"))
+        if buckets is None:
+            return self.session.run([self._logits], feeds)[0]
+        out = None
+        for rows, width in buckets:
+            part = self.session.run([self._logits], {k: v[rows, :width] for k, v in feeds.items()})[0]
+            if out is None:
+                out = np.empty((len(feeds["attention_mask"]), part.shape[1]), dtype=part.dtype)
+            out[rows] = part
+        return out
 
     def logits(self, inputs) -> np.ndarray:
         return self.run(self.prepare(inputs))
