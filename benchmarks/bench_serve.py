@@ -168,7 +168,7 @@ def bench_ort_vs_torch(export: str, run_id: str, inputs: list, repeats: int, thr
         t_ort, t_torch, t_one = [], [], []
         names = [model._logits]
 
-        def one_call():  # the graph alone, one session call on the padded batch (no length buckets)
+        def one_call(feeds=feeds):  # the graph alone, one session call on the padded batch (no length buckets)
             return model.session.run(names, {k: feeds[k] for k in model.input_names})[0]
 
         with torch.inference_mode():

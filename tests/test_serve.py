@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -518,3 +519,61 @@ def test_every_error_is_json_the_overload_503_and_malformed_http_too(models, gua
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
     assert "not valid HTTP" in json.loads(body)["error"]
+
+
+# -- The serve extra: a fresh venv that never installs torch (issue 16) -------------------------
+@pytest.mark.slow
+def test_the_serve_extra_serves_an_export_in_a_fresh_venv(tmp_path, models):
+    """The project without its training dependencies plus the `serve` extra (pip, from the package index):
+    `import torch` fails there, and `aftzoo predict` and `aftzoo serve` answer as the export does here."""
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    assert not [r for r in extra if r.split("=")[0].lower() in ("torch", "torchvision", "transformers", "timm")]
+    src = tmp_path / "src"  # a copy, so pip's in-tree build leaves the worktree as it was
+    for name in ("app", "zoo", "transfer", "storage"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    venv = tmp_path / "venv"
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    subprocess.run([str(base), "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    for args in (["--no-deps", str(src)], extra):
+        proc = subprocess.run(pip + list(args), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["AFTZOO_HOME"] = str(tmp_path / "home")
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, cwd=tmp_path,
+                           env=env)
+    assert probe.returncode != 0  # torch is not there at all
+    aftzoo = str(venv / "bin" / "aftzoo")
+    out = subprocess.run([aftzoo, "predict", models["text_dir"], "a gorgeous, witty film", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    want = runtime.load_export(models["text_dir"]).predict(["a gorgeous, witty film"], top_k=1)[0][0]
+    got = json.loads(out.stdout)["predictions"][0]["top_k"][0]
+    assert got["label"] == want["label"] and got["probability"] == pytest.approx(want["probability"], abs=1e-5)
+    proc = subprocess.Popen([aftzoo, "serve", models["text_dir"], "--port", "0", "--log-level", "warning"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path, env=env)
+    try:
+        port, lines = None, []
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("listening on http://127.0.0.1:"):
+                port = int(line.split(":")[2].split()[0])
+        assert port, "".join(lines)
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").json() == {"ready": True}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/models/{models['text']}/predict",
+                       json={"texts": ["a gorgeous, witty film"], "top_k": 1})
+        assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == want["label"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

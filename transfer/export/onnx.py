@@ -413,6 +413,39 @@ def _quantize(fp32: Path, out: Path) -> list[str]:
     return quantized
 
 
+def _quantize_and_measure(student, wrapper, fp32: runtime.ExportedModel, work: Path, test, parity_inputs, prompt: str,
+                          eval_limit: int, batch_size: int) -> dict:
+    """Quantise ``fp32`` into ``work``; its parity with PyTorch and its test accuracy against float32."""
+    ops = _quantize(fp32.folder / runtime.MODEL_FILE, work / runtime.MODEL_FILE)
+    _write_manifest(work, json.loads((fp32.folder / runtime.MANIFEST_FILE).read_text()))
+    int8 = runtime.ExportedModel(work, providers="CPUExecutionProvider", verify=False)
+    q_parity = _parity(student, wrapper, int8, parity_inputs, prompt, batch_size)
+    n = min(eval_limit, len(test))
+    eval_inputs, eval_labels = test.inputs[:n], test.labels[:n]
+    before = _accuracy(fp32, eval_inputs, eval_labels, batch_size)
+    after = _accuracy(int8, eval_inputs, eval_labels, batch_size)
+    sizes = {k: sum(p.stat().st_size for p in d.glob("model.onnx*")) for k, d in (("fp32", fp32.folder),
+                                                                                  ("int8", work))}
+    return {"method": "onnxruntime dynamic quantisation, int8 weights (QInt8), activations quantised at run time",
+            "quantized_ops": ops, "eval_examples": n, "eval_split": "test", "eval_limited": n < len(test),
+            "accuracy_fp32": before, "accuracy_int8": after, "accuracy_change": after - before,
+            "bytes_fp32": sizes["fp32"], "bytes_int8": sizes["int8"], "parity_int8_vs_torch": q_parity}
+
+
+def _manifest(name: str, row: dict, spec, num_classes: int, opset: int, quantize: str | None) -> dict:
+    return {
+        "format": runtime.FORMAT, "format_version": runtime.FORMAT_VERSION, "name": name, "run_id": row["id"],
+        "dataset": row["dataset"], "data_fingerprint": row["config"].get("data_fingerprint"),
+        "student": spec.name, "student_spec": spec.to_dict(), "method": row["method"],
+        "teachers": row["teachers"], "run_test_accuracy": row.get("test_accuracy"), "run_status": row["status"],
+        "modality": spec.modality, "num_classes": num_classes, "opset": opset,
+        "quantize": quantize, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
+        "inputs": (["pixel_values"] if spec.modality == "image" else ["input_ids", "attention_mask"]),
+        "outputs": ["logits", "probabilities"],
+        "external_data": runtime.DATA_FILE,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # The entry point
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +477,6 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
     work.mkdir()
     try:
         example = _torch_batch(student, test.inputs[:2], prompt)
-        model_path = work / runtime.MODEL_FILE
         fp32_dir = work / "fp32" if quantize else work
         fp32_dir.mkdir(exist_ok=True)
         actual_opset = _export_onnx(student, example, fp32_dir / runtime.MODEL_FILE, opset)
@@ -455,17 +487,7 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
             for name in (runtime.PREPROCESS_FILE, runtime.CLASSES_FILE, runtime.TOKENIZER_FILE):
                 if (work / name).is_file():
                     shutil.copy2(work / name, fp32_dir / name)
-        manifest = {
-            "format": runtime.FORMAT, "format_version": runtime.FORMAT_VERSION, "name": out.name, "run_id": run_id,
-            "dataset": row["dataset"], "data_fingerprint": row["config"].get("data_fingerprint"),
-            "student": spec.name, "student_spec": spec.to_dict(), "method": row["method"],
-            "teachers": row["teachers"], "run_test_accuracy": row.get("test_accuracy"), "run_status": row["status"],
-            "modality": spec.modality, "num_classes": data.num_classes, "opset": actual_opset,
-            "quantize": quantize, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
-            "inputs": (["pixel_values"] if spec.modality == "image" else ["input_ids", "attention_mask"]),
-            "outputs": ["logits", "probabilities"],
-            "external_data": runtime.DATA_FILE,
-        }
+        manifest = _manifest(out.name, row, spec, data.num_classes, actual_opset, quantize)
         _write_manifest(fp32_dir, manifest)
         fp32 = runtime.ExportedModel(fp32_dir, providers="CPUExecutionProvider", verify=False)
         wrapper = _wrapper(student)
@@ -475,23 +497,8 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
                                 and parity["model"]["top1_agreement"] == 1.0)
         quantization = None
         if quantize:
-            ops = _quantize(fp32_dir / runtime.MODEL_FILE, model_path)
-            _write_manifest(work, manifest)
-            int8 = runtime.ExportedModel(work, providers="CPUExecutionProvider", verify=False)
-            q_parity = _parity(student, wrapper, int8, parity_inputs, prompt, batch_size)
-            n = min(eval_limit, len(test))
-            eval_inputs, eval_labels = test.inputs[:n], test.labels[:n]
-            before = _accuracy(fp32, eval_inputs, eval_labels, batch_size)
-            after = _accuracy(int8, eval_inputs, eval_labels, batch_size)
-            sizes = {k: sum(p.stat().st_size for p in d.glob("model.onnx*")) for k, d in (("fp32", fp32_dir),
-                                                                                          ("int8", work))}
-            quantization = {"method": "onnxruntime dynamic quantisation, int8 weights (QInt8), activations "
-                                      "quantised at run time", "quantized_ops": ops,
-                            "eval_examples": n, "eval_split": "test", "eval_limited": n < len(test),
-                            "accuracy_fp32": before, "accuracy_int8": after, "accuracy_change": after - before,
-                            "bytes_fp32": sizes["fp32"], "bytes_int8": sizes["int8"],
-                            "parity_int8_vs_torch": q_parity}
-            del int8
+            quantization = _quantize_and_measure(student, wrapper, fp32, work, test, parity_inputs, prompt,
+                                                 eval_limit, batch_size)
             shutil.rmtree(fp32_dir)
         del fp32
         manifest["parity"] = parity

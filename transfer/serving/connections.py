@@ -17,7 +17,6 @@ h11 protocol so that:
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field

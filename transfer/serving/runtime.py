@@ -31,11 +31,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
