@@ -347,6 +347,7 @@ def test_idle_connections_are_bounded_per_client_and_timed_out(guarded, models):
         took = _good_request(guarded["url"], models)
         assert took < 1.0, f"a good request took {took:.2f}s behind 1,100 idle connections"
         still_open = sum(not _closed(s) for s in flood)
+        print(f"good request behind 1,100 idle connections: {took:.3f}s; {still_open} of them still open")
         assert still_open <= PER_CLIENT, f"{still_open} idle connections of one client are still open"
         deadline = time.monotonic() + HEAD_TIMEOUT + 3
         while time.monotonic() < deadline and not all(_closed(s) for s in flood):
@@ -389,6 +390,8 @@ def test_slowloris_heads_and_bodies_are_cut_off(guarded, models):
             time.sleep(0.25)
         assert worst < 1.0, f"a good request took {worst:.2f}s beside 16 slow clients"
         times = [v["closed"] for v in slow.values()]
+        print(f"slow connections closed after {min(times, default=0):.2f}-{max(times, default=0):.2f}s; good request "
+              f"worst {worst:.3f}s")
         assert all(t is not None and t < HEAD_TIMEOUT + 1.5 for t in times), times
         timed_out_heads = [s for s, v in slow.items() if not v["body"]]
         answer = timed_out_heads[0].recv(65536)
