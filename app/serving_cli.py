@@ -1,6 +1,6 @@
 """The ``export``, ``predict`` and ``serve`` commands (registered on ``app.cli.app``).
 
-``predict`` and ``serve`` import only ``transfer.serving.runtime`` / ``app.serve`` (onnxruntime, numpy,
+``predict`` and ``serve`` import only ``transfer.serving`` / ``app.serve`` (onnxruntime, numpy,
 Pillow, tokenizers, FastAPI): they work where torch is not installed. ``export`` needs torch.
 """
 from __future__ import annotations
@@ -110,13 +110,23 @@ def serve_cmd(
                                            help="Let idle onnxruntime threads busy-wait.")] = False,
     provider: Annotated[Optional[str], typer.Option("--provider", help="cpu or cuda (default: cuda if available).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    max_inflight: Annotated[int, typer.Option("--max-inflight", help="Requests read or computed at once (else 503).")] = 64,
+    head_timeout: Annotated[float, typer.Option("--head-timeout",
+                                                help="Seconds a connection has to send a request head.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds a request body may take.")] = 60.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections, all clients.")] = 2048,
+    per_client: Annotated[int, typer.Option("--max-connections-per-client",
+                                            help="Open connections of one client address.")] = 128,
 ) -> None:
     """Serve exports over HTTP: Open Inference Protocol (/v2) and a JSON route (/v1)."""
     from app.serve import serve
     from transfer.serving import runtime
+    from transfer.serving.connections import ConnectionLimits
 
     if max_batch < 1 or max_body_mb <= 0 or not 0 <= port <= 65535:
         fail("--max-batch and --max-body-mb must be positive, --port in 0..65535")
+    if min(max_inflight, max_connections, per_client) < 1 or min(head_timeout, body_timeout) <= 0:
+        fail("--max-inflight, --max-connections, --max-connections-per-client and the timeouts must be positive")
 
     def ready(app, bound_host, bound_port):
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -128,6 +138,8 @@ def serve_cmd(
     try:
         serve(exports or None, host=host, port=port, log_level=log_level, on_ready=ready,
               max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch, batch_window_ms=batch_window_ms,
-              providers=provider, intra_op_threads=threads, spinning=spinning, max_concurrency=concurrency)
+              providers=provider, intra_op_threads=threads, spinning=spinning, max_concurrency=concurrency,
+              max_inflight=max_inflight, connections=ConnectionLimits(head_timeout, body_timeout, max_connections,
+                                                                      per_client))
     except (runtime.ExportError, OSError, ValueError) as exc:
         fail(str(exc))

@@ -12,6 +12,7 @@ import base64
 import gzip
 import io
 import json
+import re
 import subprocess
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +164,7 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(http, model
     r = http.post(route, **kwargs)
     assert r.status_code == status, r.text
     assert words in r.json()["error"], r.json()
+    assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", r.json()["error"]), r.json()  # no internal class names
     still_serving(http, models)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +277,46 @@ def test_prompts_with_several_fields_take_json_objects(tmp_path):
     assert model.prepare([pair])["input_ids"][0].tolist() == ids
     with pytest.raises(runtime.InputError, match="needs the field"):
         model.prepare(["just one text"])
+
+
+def test_exports_are_readable_by_other_users():
+    """The server may run as another user than the exporter (Dockerfile.serve): with umask 022 every file is 0644."""
+    folder = Path(exported("image")["path"])
+    mask = os.umask(0)
+    os.umask(mask)
+    if mask & 0o044:
+        pytest.skip(f"umask {mask:04o} keeps files from others")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert all(m & 0o044 == 0o044 for m in modes.values()), modes  # model.onnx.data was written 0600
+    assert folder.stat().st_mode & 0o055 == 0o055
+
+
+def test_an_export_on_a_full_disk_says_no_space_left_and_keeps_nothing(tmp_path):
+    """A real full file system: a 256 KiB tmpfs in a private user and mount namespace (skipped where unshare
+    cannot mount one); the exporter's own message used to reach the user."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare is not installed")
+    run_id = trained_run("image")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        from transfer.export.onnx import ExportFailed, export_run
+        try:
+            export_run({run_id!r}, out=os.path.join(sys.argv[1], "exp"), parity_examples=4)
+            print(json.dumps({{"error": None}}))
+        except ExportFailed as exc:
+            print(json.dumps({{"error": str(exc), "left": os.listdir(sys.argv[1])}}))
+    """)
+    proc = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", 'mount -t tmpfs -o size=256k tmpfs "$1" || exit 77; exec "$2" -c "$3" "$1"',
+         "sh", str(mount), sys.executable, script], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode == 77 or "Operation not permitted" in proc.stderr:
+        pytest.skip(f"cannot mount a private tmpfs here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] and out["error"].startswith("no space left on the disk of "), out
+    assert "bytes free" in out["error"] and "--out" in out["error"]
+    assert "torch.onnx" not in out["error"] and "Error" not in out["error"]
+    assert out["left"] == []

@@ -28,6 +28,7 @@ examples.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -51,6 +52,51 @@ QUANTIZE = ("int8",)
 
 class ExportFailed(RuntimeError):
     """A run that cannot be exported; the message says why and what to do."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(exc: BaseException, folder: Path) -> OSError | None:
+    """The full-disk error somewhere in ``exc``'s chain (exporters wrap it in their own), if any.
+
+    numpy's writer (under onnx's) raises ``OSError("problem writing element ...")`` with no errno:
+    an OSError while the disk has under 1 MiB free counts as a full disk too.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return OSError(errno.ENOSPC, "No space left on device")
+        if isinstance(exc, OSError):
+            try:
+                if shutil.disk_usage(folder).free < (1 << 20):
+                    return OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                pass
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _no_space(out: Path, error: OSError) -> ExportFailed:
+    try:
+        free = f"{shutil.disk_usage(out.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    why = "the file size limit (RLIMIT_FSIZE)" if error.errno == errno.EFBIG else free
+    return ExportFailed(f"no space left on the disk of {out.parent} ({why}) while writing the export; nothing was "
+                        "kept: free disk space, or export elsewhere with --out")
+
+
+def _readable(folder: Path) -> None:
+    """Files and folder as a fresh file would be (0644 with umask 022): the onnx writers leave some 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
+    folder.chmod(0o777 & ~mask)
 
 
 def _version(dist: str) -> str | None:
@@ -367,6 +413,39 @@ def _quantize(fp32: Path, out: Path) -> list[str]:
     return quantized
 
 
+def _quantize_and_measure(student, wrapper, fp32: runtime.ExportedModel, work: Path, test, parity_inputs, prompt: str,
+                          eval_limit: int, batch_size: int) -> dict:
+    """Quantise ``fp32`` into ``work``; its parity with PyTorch and its test accuracy against float32."""
+    ops = _quantize(fp32.folder / runtime.MODEL_FILE, work / runtime.MODEL_FILE)
+    _write_manifest(work, json.loads((fp32.folder / runtime.MANIFEST_FILE).read_text()))
+    int8 = runtime.ExportedModel(work, providers="CPUExecutionProvider", verify=False)
+    q_parity = _parity(student, wrapper, int8, parity_inputs, prompt, batch_size)
+    n = min(eval_limit, len(test))
+    eval_inputs, eval_labels = test.inputs[:n], test.labels[:n]
+    before = _accuracy(fp32, eval_inputs, eval_labels, batch_size)
+    after = _accuracy(int8, eval_inputs, eval_labels, batch_size)
+    sizes = {k: sum(p.stat().st_size for p in d.glob("model.onnx*")) for k, d in (("fp32", fp32.folder),
+                                                                                  ("int8", work))}
+    return {"method": "onnxruntime dynamic quantisation, int8 weights (QInt8), activations quantised at run time",
+            "quantized_ops": ops, "eval_examples": n, "eval_split": "test", "eval_limited": n < len(test),
+            "accuracy_fp32": before, "accuracy_int8": after, "accuracy_change": after - before,
+            "bytes_fp32": sizes["fp32"], "bytes_int8": sizes["int8"], "parity_int8_vs_torch": q_parity}
+
+
+def _manifest(name: str, row: dict, spec, num_classes: int, opset: int, quantize: str | None) -> dict:
+    return {
+        "format": runtime.FORMAT, "format_version": runtime.FORMAT_VERSION, "name": name, "run_id": row["id"],
+        "dataset": row["dataset"], "data_fingerprint": row["config"].get("data_fingerprint"),
+        "student": spec.name, "student_spec": spec.to_dict(), "method": row["method"],
+        "teachers": row["teachers"], "run_test_accuracy": row.get("test_accuracy"), "run_status": row["status"],
+        "modality": spec.modality, "num_classes": num_classes, "opset": opset,
+        "quantize": quantize, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
+        "inputs": (["pixel_values"] if spec.modality == "image" else ["input_ids", "attention_mask"]),
+        "outputs": ["logits", "probabilities"],
+        "external_data": runtime.DATA_FILE,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # The entry point
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +477,6 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
     work.mkdir()
     try:
         example = _torch_batch(student, test.inputs[:2], prompt)
-        model_path = work / runtime.MODEL_FILE
         fp32_dir = work / "fp32" if quantize else work
         fp32_dir.mkdir(exist_ok=True)
         actual_opset = _export_onnx(student, example, fp32_dir / runtime.MODEL_FILE, opset)
@@ -409,17 +487,7 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
             for name in (runtime.PREPROCESS_FILE, runtime.CLASSES_FILE, runtime.TOKENIZER_FILE):
                 if (work / name).is_file():
                     shutil.copy2(work / name, fp32_dir / name)
-        manifest = {
-            "format": runtime.FORMAT, "format_version": runtime.FORMAT_VERSION, "name": out.name, "run_id": run_id,
-            "dataset": row["dataset"], "data_fingerprint": row["config"].get("data_fingerprint"),
-            "student": spec.name, "student_spec": spec.to_dict(), "method": row["method"],
-            "teachers": row["teachers"], "run_test_accuracy": row.get("test_accuracy"), "run_status": row["status"],
-            "modality": spec.modality, "num_classes": data.num_classes, "opset": actual_opset,
-            "quantize": quantize, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
-            "inputs": (["pixel_values"] if spec.modality == "image" else ["input_ids", "attention_mask"]),
-            "outputs": ["logits", "probabilities"],
-            "external_data": runtime.DATA_FILE,
-        }
+        manifest = _manifest(out.name, row, spec, data.num_classes, actual_opset, quantize)
         _write_manifest(fp32_dir, manifest)
         fp32 = runtime.ExportedModel(fp32_dir, providers="CPUExecutionProvider", verify=False)
         wrapper = _wrapper(student)
@@ -429,23 +497,8 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
                                 and parity["model"]["top1_agreement"] == 1.0)
         quantization = None
         if quantize:
-            ops = _quantize(fp32_dir / runtime.MODEL_FILE, model_path)
-            _write_manifest(work, manifest)
-            int8 = runtime.ExportedModel(work, providers="CPUExecutionProvider", verify=False)
-            q_parity = _parity(student, wrapper, int8, parity_inputs, prompt, batch_size)
-            n = min(eval_limit, len(test))
-            eval_inputs, eval_labels = test.inputs[:n], test.labels[:n]
-            before = _accuracy(fp32, eval_inputs, eval_labels, batch_size)
-            after = _accuracy(int8, eval_inputs, eval_labels, batch_size)
-            sizes = {k: sum(p.stat().st_size for p in d.glob("model.onnx*")) for k, d in (("fp32", fp32_dir),
-                                                                                          ("int8", work))}
-            quantization = {"method": "onnxruntime dynamic quantisation, int8 weights (QInt8), activations "
-                                      "quantised at run time", "quantized_ops": ops,
-                            "eval_examples": n, "eval_split": "test", "eval_limited": n < len(test),
-                            "accuracy_fp32": before, "accuracy_int8": after, "accuracy_change": after - before,
-                            "bytes_fp32": sizes["fp32"], "bytes_int8": sizes["int8"],
-                            "parity_int8_vs_torch": q_parity}
-            del int8
+            quantization = _quantize_and_measure(student, wrapper, fp32, work, test, parity_inputs, prompt,
+                                                 eval_limit, batch_size)
             shutil.rmtree(fp32_dir)
         del fp32
         manifest["parity"] = parity
@@ -453,11 +506,15 @@ def export_run(run_id: str, out: str | Path | None = None, opset: int | None = N
             manifest["quantization"] = quantization
         manifest = _write_manifest(work, manifest)
         runtime.verify_export(work)
+        _readable(work)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, out.parent)  # before the partial files go: they are what filled the disk
         shutil.rmtree(work, ignore_errors=True)
+        if full is not None:
+            raise _no_space(out, full) from None
         raise
     record = {"parity": parity, **({"quantization": quantization} if quantization else {})}
     with open_catalog() as cat:
