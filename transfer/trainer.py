@@ -47,7 +47,7 @@ from transfer.students import Student, build_student
 from zoo.datasets import Dataset, load_dataset
 from zoo.extract import extract_info
 from zoo.prompts import prompt_for
-from zoo.registry import ModelSpec, is_builtin, register
+from zoo.registry import ModelSpec, is_builtin, register, resolve
 from zoo.registry import get as get_spec
 
 BETA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -401,7 +401,7 @@ def check_names(cfg: TransferConfig) -> list[ModelSpec]:
     """Fail before any work on a bad data-set, student or teacher name (the errors list valid names); return the
     models' specs."""
     load_dataset(cfg.dataset)
-    return [get_spec(name) for name in [cfg.student, *cfg.teachers]]
+    return [resolve(name) for name in [cfg.student, *cfg.teachers]]
 
 
 def _share_names(cfg: TransferConfig) -> None:
