@@ -1,0 +1,231 @@
+"""The AFT paper's data sets by name, from the files their own libraries keep on disk.
+
+Images through torchvision's folder layouts under ``$AFTZOO_HOME/data`` (CIFAR-10/100,
+Flowers-102, Oxford-IIIT Pets, DTD, Food-101); texts from the Hugging Face hub's own
+copies of the sets (IMDB, SST-2, BoolQ and GLUE's MNLI, MRPC, QQP, QNLI, RTE), which are
+parquet files: read from the local hub cache by duckdb, fetched by ``huggingface_hub``.
+The ``datasets`` library would add pyarrow, dill, multiprocess and xxhash to read the same
+files, so it is not needed. Each set keeps its official split; where the test labels are not
+public (GLUE, BoolQ) the official validation split is the test split, as in the paper.
+
+Nothing is downloaded unless ``AFTZOO_OFFLINE=0``; a set that is not here fails in one line
+saying how to get it. The large image sets are read lazily (``zoo.imagefiles``).
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from storage.settings import get_settings
+from zoo.datatypes import SPLIT_SEED, Dataset, Split
+from zoo.imagefiles import ImageFiles
+from zoo.packs import PackMissing
+from zoo.prompts import join_fields
+
+
+class DataMissing(PackMissing):
+    """A paper data set that is not on this machine; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class PaperSet:
+    name: str
+    modality: str
+    description: str
+    library: str                                 # "torchvision" or "hub"
+    class_names: tuple[str, ...] = ()
+    repo: str = ""                               # hub: the data set repo
+    folder: str = ""                             # hub: the config's folder in the repo
+    splits: dict = field(default_factory=dict)   # ours -> the official split's name
+    fields: tuple[str, ...] = ("text",)          # hub: the text columns, in the prompt's order
+    label: str = "label"
+
+
+_GLUE = "nyu-mll/glue"
+PAPER: dict[str, PaperSet] = {s.name: s for s in [
+    PaperSet("cifar10", "image", "CIFAR-10, 50,000/10,000 32x32 images, 10 classes", "torchvision"),
+    PaperSet("cifar100", "image", "CIFAR-100, 50,000/10,000 32x32 images, 100 classes", "torchvision"),
+    PaperSet("flowers102", "image", "Oxford Flowers-102, 102 classes (train / test)", "torchvision"),
+    PaperSet("oxford_pets", "image", "Oxford-IIIT Pets, 37 classes (trainval / test)", "torchvision"),
+    PaperSet("dtd", "image", "Describable Textures, 47 classes (partition 1, train / test)", "torchvision"),
+    PaperSet("food101", "image", "Food-101, 75,750/25,250 images, 101 classes", "torchvision"),
+    PaperSet("imdb", "text", "IMDB reviews, 25,000/25,000, negative or positive", "hub", ("neg", "pos"),
+             "stanfordnlp/imdb", "plain_text", {"train": "train", "test": "test"}),
+    PaperSet("sst2", "text", "SST-2 (GLUE) sentences, negative or positive", "hub", ("negative", "positive"),
+             _GLUE, "sst2", {"train": "train", "test": "validation"}, ("sentence",)),
+    PaperSet("boolq", "text", "BoolQ yes/no questions about a passage", "hub", ("false", "true"), "google/boolq",
+             "data", {"train": "train", "test": "validation"}, ("question", "passage"), "answer"),
+    PaperSet("mnli", "text", "MNLI (GLUE) premise/hypothesis pairs, matched validation as test", "hub",
+             ("entailment", "neutral", "contradiction"), _GLUE, "mnli",
+             {"train": "train", "test": "validation_matched"}, ("premise", "hypothesis")),
+    PaperSet("mrpc", "text", "MRPC (GLUE) sentence pairs: paraphrase or not", "hub",
+             ("not_equivalent", "equivalent"), _GLUE, "mrpc", {"train": "train", "test": "validation"},
+             ("sentence1", "sentence2")),
+    PaperSet("qqp", "text", "QQP (GLUE) question pairs: duplicate or not", "hub", ("not_duplicate", "duplicate"),
+             _GLUE, "qqp", {"train": "train", "test": "validation"}, ("question1", "question2")),
+    PaperSet("qnli", "text", "QNLI (GLUE) question/sentence pairs: answers or not", "hub",
+             ("entailment", "not_entailment"), _GLUE, "qnli", {"train": "train", "test": "validation"},
+             ("question", "sentence")),
+    PaperSet("rte", "text", "RTE (GLUE) sentence pairs: entailment or not", "hub", ("entailment", "not_entailment"),
+             _GLUE, "rte", {"train": "train", "test": "validation"}, ("sentence1", "sentence2")),
+]}
+
+
+def data_root() -> Path:
+    """Where the torchvision sets live: ``$AFTZOO_HOME/data``."""
+    return get_settings().home / "data"
+
+
+def how_to_get(name: str) -> str:
+    s = PAPER[name]
+    if s.library == "hub":
+        return (f"{name} is not in the Hugging Face cache: fetch it with `hf download {s.repo} --repo-type dataset "
+                f"--include '{s.folder}/*'`, or load it once with AFTZOO_OFFLINE=0")
+    return (f"{name} is not under {data_root()}: load it once with AFTZOO_OFFLINE=0 "
+            f"(`AFTZOO_OFFLINE=0 aftzoo datasets --fetch {name}`), or put torchvision's files there")
+
+
+# -- the hub's parquet copies -----------------------------------------------------------------
+
+def _snapshot(repo: str) -> Path | None:
+    from huggingface_hub import constants
+
+    repo_dir = Path(constants.HF_HUB_CACHE) / ("datasets--" + repo.replace("/", "--"))
+    try:
+        return repo_dir / "snapshots" / (repo_dir / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+
+
+def _parquet_files(s: PaperSet) -> dict[str, list[str]] | None:
+    snapshot = _snapshot(s.repo)
+    if snapshot is None:
+        return None
+    files = {ours: sorted(str(p) for p in snapshot.glob(f"{s.folder}/{theirs}-*.parquet"))
+             for ours, theirs in s.splits.items()}
+    return files if all(files.values()) else None
+
+
+def _fetch_hub(s: PaperSet) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(s.repo, repo_type="dataset",
+                      allow_patterns=[f"{s.folder}/{theirs}-*.parquet" for theirs in s.splits.values()])
+
+
+def _load_hub(s: PaperSet, files: dict[str, list[str]]) -> Dataset:
+    import duckdb
+
+    splits = {}
+    columns = ", ".join(f'"{c}"' for c in (*s.fields, s.label))
+    for ours, paths in files.items():
+        rows = duckdb.connect().execute(f"SELECT {columns} FROM read_parquet(?)", [paths]).fetchall()
+        texts = [r[0] if len(s.fields) == 1 else join_fields(*r[:-1]) for r in rows]
+        labels = np.array([int(r[-1]) for r in rows], dtype=np.int64)
+        # The official files are often sorted by label (IMDB): shuffled once, so Split.head(n) is a sample.
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
+        splits[ours] = Split([texts[i] for i in order], labels[order])
+    return Dataset(s.name, "text", list(s.class_names), splits, source=f"hf:{s.repo}/{s.folder}",
+                   description=s.description)
+
+
+# -- torchvision's layouts ----------------------------------------------------------------------
+
+def _cifar_folder(name: str) -> Path:
+    return data_root() / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+
+
+def _unpickle(path: Path) -> dict:
+    # The official CIFAR files are Python pickles; torchvision reads them the same way.
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _load_cifar(name: str) -> Dataset:
+    folder = _cifar_folder(name)
+    files = ({"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]} if name == "cifar10"
+             else {"train": ["train"], "test": ["test"]})
+    key = "labels" if name == "cifar10" else "fine_labels"
+    splits = {}
+    for split, parts in files.items():
+        batches = [_unpickle(folder / p) for p in parts]
+        images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
+        splits[split] = Split(np.ascontiguousarray(images, dtype=np.uint8), labels)
+    meta = _unpickle(folder / ("batches.meta" if name == "cifar10" else "meta"))
+    classes = meta["label_names" if name == "cifar10" else "fine_label_names"]
+    return Dataset(name, "image", list(classes), splits, source="torchvision", description=PAPER[name].description)
+
+
+_TV = {"flowers102": ("Flowers102", {"train": "train", "test": "test"}),
+       "oxford_pets": ("OxfordIIITPet", {"train": "trainval", "test": "test"}),
+       "dtd": ("DTD", {"train": "train", "test": "test"}),
+       "food101": ("Food101", {"train": "train", "test": "test"})}
+
+
+def _torchvision(name: str, split: str, download: bool):
+    import torchvision.datasets as tvd
+
+    cls, splits = _TV[name]
+    return getattr(tvd, cls)(str(data_root()), split=splits[split], download=download)
+
+
+def _load_folders(name: str, download: bool = False) -> Dataset:
+    splits, classes = {}, None
+    for split in ("train", "test"):
+        ds = _torchvision(name, split, download)
+        # torchvision keeps each set's file list and labels; the images are decoded only when read.
+        paths = getattr(ds, "_image_files", None) or getattr(ds, "_images")
+        splits[split] = Split(ImageFiles(paths), np.asarray(ds._labels, dtype=np.int64))
+        classes = list(getattr(ds, "classes", None) or [str(i + 1) for i in range(int(max(ds._labels)) + 1)])
+    return Dataset(name, "image", classes, splits, source="torchvision", description=PAPER[name].description)
+
+
+# -- the front ----------------------------------------------------------------------------------
+
+def is_present(name: str) -> bool:
+    """Whether ``name``'s files are on this machine (a look at folders, nothing decoded)."""
+    s = PAPER[name]
+    if s.library == "hub":
+        return _parquet_files(s) is not None
+    if name in ("cifar10", "cifar100"):
+        return _cifar_folder(name).is_dir()
+    try:
+        _torchvision(name, "test", download=False)
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
+def fetch(name: str) -> None:
+    """Download ``name`` (only with ``AFTZOO_OFFLINE=0``)."""
+    if get_settings().offline:
+        raise DataMissing(how_to_get(name))
+    s = PAPER[name]
+    if s.library == "hub":
+        _fetch_hub(s)
+    elif name in ("cifar10", "cifar100"):
+        import torchvision.datasets as tvd
+
+        getattr(tvd, "CIFAR10" if name == "cifar10" else "CIFAR100")(str(data_root()), download=True)
+    else:
+        for split in ("train", "test"):
+            _torchvision(name, split, download=True)
+
+
+def load_paper(name: str) -> Dataset:
+    """The paper's set ``name`` from this machine, fetched first when it is not here and downloads are on."""
+    if not is_present(name):
+        fetch(name)
+    s = PAPER[name]
+    if s.library == "hub":
+        return _load_hub(s, _parquet_files(s))
+    if name in ("cifar10", "cifar100"):
+        try:
+            return _load_cifar(name)
+        except (OSError, KeyError, pickle.UnpicklingError) as exc:
+            raise DataMissing(f"{name} under {_cifar_folder(name)} is incomplete ({exc}); {how_to_get(name)}") from None
+    return _load_folders(name)
