@@ -73,22 +73,37 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="One JSON object o
 
 
 @app.command()
-def datasets(as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout.")) -> None:
-    """List the data sets by name, with sizes and class counts."""
+def datasets(as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
+             fetch: Optional[str] = typer.Option(None, "--fetch", help="Download one of the paper's data sets "
+                                                 "(needs AFTZOO_OFFLINE=0).")) -> None:
+    """List the data sets by name (bundled, the paper's, imported) and whether each is on this machine."""
+    from zoo import paper_data
     from zoo.datasets import describe, list_datasets
 
+    if fetch is not None:
+        if fetch not in paper_data.PAPER:
+            fail(f"--fetch takes one of the paper's data sets: {', '.join(paper_data.PAPER)}; got {fetch!r}")
+        try:
+            paper_data.fetch(fetch)
+        except paper_data.DataMissing as exc:
+            fail(" ".join(str(exc).split()))
+        console.print(f"{fetch}: on this machine ({paper_data.where(fetch)})", highlight=False)
+        return
     rows = [describe(name) for name in list_datasets()]
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "modality", "train", "test", "classes", "fingerprint (train)", "description")
+    table = Table("name", "modality", "on this machine", "train", "test", "classes", "fingerprint (train)",
+                  "description")
     for r in rows:
-        if r["present"]:
-            table.add_row(r["name"], r["modality"], str(r["sizes"].get("train", "")), str(r["sizes"].get("test", "")),
-                          str(r["num_classes"]), r["fingerprints"].get("train", ""), r["description"])
-        else:
-            table.add_row(r["name"], r["modality"], "-", "-", "-", "-", f"[red]missing[/]: {r['how_to_get']}")
+        sizes = r.get("sizes", {})
+        table.add_row(r["name"], r["modality"], "[green]yes[/]" if r["present"] else "[red]no[/]",
+                      str(sizes.get("train", "-")), str(sizes.get("test", "-")), str(r.get("num_classes", "-")),
+                      r.get("fingerprints", {}).get("train", "-"), r["description"])
     console.print(table)
+    for r in rows:
+        if not r["present"]:
+            console.print(f"{r['name']}: {r['how_to_get']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

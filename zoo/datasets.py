@@ -47,7 +47,8 @@ def load_dataset(name: str) -> Dataset:
     if name in DATASETS:
         return _load_bundled(name)
     if name in PAPER:
-        return _load_paper(name, str(paper_data.data_root()), paper_data.is_present(name))
+        # Keyed by where its files are: another home or hub cache, or a set fetched since, is loaded afresh.
+        return _load_paper(name, paper_data.where(name))
     key = stamp(name)
     if key is None:
         raise UnknownDataset(f"unknown data set {name!r}; choose one of: "

@@ -200,6 +200,16 @@ def is_present(name: str) -> bool:
     return True
 
 
+def where(name: str) -> str | None:
+    """The folder (torchvision) or hub snapshot holding ``name`` here, or None."""
+    if not is_present(name):
+        return None
+    s = PAPER[name]
+    if s.library == "hub":
+        return str(_snapshot(s.repo))
+    return str(_cifar_folder(name) if name in ("cifar10", "cifar100") else data_root())
+
+
 def fetch(name: str) -> None:
     """Download ``name`` (only with ``AFTZOO_OFFLINE=0``)."""
     if get_settings().offline:
