@@ -3,7 +3,6 @@ and users' image folders and pair tables: no network."""
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -16,16 +15,41 @@ from zoo.prompts import FIELD_SEP, format_prompt, prompt_for
 from zoo.userdata import UploadError, import_upload
 
 
-def _cifar10(root, per_batch: int = 4) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
+def _snapshot(cache, repo: str):
+    repo_dir = cache / ("datasets--" + repo.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / "9a8b7c"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text("9a8b7c")
+    return snapshot
+
+
+def _cifar10(cache, sizes=(("train", 20), ("test", 4))) -> np.ndarray:
+    """uoft-cs/cifar10 as the hub holds it: parquet, PNG bytes and labels, the class names in its metadata."""
+    import io
+
+    import duckdb
+    from PIL import Image
+
+    folder = _snapshot(cache, "uoft-cs/cifar10") / "plain_text"
+    folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 "labels": [int(x) for x in rng.integers(0, 10, per_batch)]}
-        (folder / name).write_bytes(pickle.dumps(batch))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    meta = json.dumps({"info": {"features": {"img": {"_type": "Image"},
+                                              "label": {"names": names, "_type": "ClassLabel"}}}})
+    first = None
+    for split, n in sizes:
+        con = duckdb.connect()
+        con.execute("CREATE TABLE t (img STRUCT(bytes BLOB, path VARCHAR), label BIGINT)")
+        for i in range(n):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            first = pixels if first is None else first
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            con.execute("INSERT INTO t VALUES (?, ?)", [{"bytes": buf.getvalue(), "path": None}, i % 10])
+        target = folder / f"{split}-00000-of-00001.parquet"
+        con.execute(f"COPY t TO '{target}' (FORMAT parquet, KV_METADATA {{huggingface: '{meta}'}})")
+    return first
 
 
 def _png(path, size=(40, 30), colour=(200, 10, 10)) -> None:
@@ -50,11 +74,8 @@ def _dtd(root) -> None:
 def _glue(cache, config: str, columns: dict, splits: dict) -> None:
     import duckdb
 
-    repo_dir = cache / "datasets--nyu-mll--glue"
-    snapshot = repo_dir / "snapshots" / "9a8b7c"
+    snapshot = _snapshot(cache, "nyu-mll/glue")
     (snapshot / config).mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text("9a8b7c")
     for split, n in splits.items():
         con = duckdb.connect()
         values = ", ".join("(" + ", ".join([*(f"'{col} {i}'" for col in columns), str(i % 3)]) + ")" for i in range(n))
@@ -82,18 +103,17 @@ def test_the_papers_sets_are_listed_and_say_how_to_get_them(home, hf_cache):
     message = str(info.value)
     assert "\n" not in message and "hf download nyu-mll/glue --repo-type dataset --include 'mnli/*'" in message
     with pytest.raises(DataMissing, match="AFTZOO_OFFLINE=0"):
-        load_dataset("cifar10")
+        load_dataset("dtd")
 
 
-def test_cifar10_from_torchvisions_files(home):
-    _cifar10(home / "data")
+def test_cifar10_from_the_hubs_parquet_copy(home, hf_cache):
+    first = _cifar10(hf_cache)
     ds = load_dataset("cifar10")
     assert (len(ds.split("train")), len(ds.split("test"))) == (20, 4)
     images = ds.split("train").inputs
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
     assert ds.class_names[1] == "automobile" and ds.num_classes == 10
-    raw = pickle.loads((home / "data" / "cifar-10-batches-py" / "data_batch_1").read_bytes())
-    np.testing.assert_array_equal(images[0, :, :, 0], raw["data"][0, :1024].reshape(32, 32))  # channel planes
+    assert any(np.array_equal(image, first) for image in images)  # PNG is lossless: the same pixels
     assert describe("cifar10")["present"] is True
 
 
@@ -160,9 +180,9 @@ def test_several_text_columns_joined_by_a_template(home, tmp_path):
         import_upload(table, "pairs3", text_column="premise,hypothesis", template="{premise} {label}")
 
 
-def test_cli_lists_the_papers_sets_with_on_this_machine(home):
-    _cifar10(home / "data")
-    out = run_cli("datasets", "--json")
+def test_cli_lists_the_papers_sets_with_on_this_machine(home, hf_cache):
+    _cifar10(hf_cache)
+    out = run_cli("datasets", "--json", env={"HF_HUB_CACHE": str(hf_cache)})
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["cifar10"]["present"] is True and rows["imdb"]["present"] is False

@@ -1,9 +1,10 @@
 """The AFT paper's data sets by name, from the files their own libraries keep on disk.
 
-Images through torchvision's folder layouts under ``$AFTZOO_HOME/data`` (CIFAR-10/100,
-Flowers-102, Oxford-IIIT Pets, DTD, Food-101); texts from the Hugging Face hub's own
-copies of the sets (IMDB, SST-2, BoolQ and GLUE's MNLI, MRPC, QQP, QNLI, RTE), which are
-parquet files: read from the local hub cache by duckdb, fetched by ``huggingface_hub``.
+Flowers-102, Oxford-IIIT Pets, DTD and Food-101 through torchvision's folder layouts under
+``$AFTZOO_HOME/data``; CIFAR-10/100 and the texts (IMDB, SST-2, BoolQ and GLUE's MNLI, MRPC,
+QQP, QNLI, RTE) from the Hugging Face hub's own copies, which are parquet files: read from the
+local hub cache by duckdb, fetched by ``huggingface_hub``. (torchvision's CIFAR files are
+Python pickles, which aftzoo never loads; the hub's parquet copies hold the same images as PNG.)
 The ``datasets`` library would add pyarrow, dill, multiprocess and xxhash to read the same
 files, so it is not needed. Each set keeps its official split; where the test labels are not
 public (GLUE, BoolQ) the official validation split is the test split, as in the paper.
@@ -13,7 +14,8 @@ saying how to get it. The large image sets are read lazily (``zoo.imagefiles``).
 """
 from __future__ import annotations
 
-import pickle
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +48,11 @@ class PaperSet:
 
 _GLUE = "nyu-mll/glue"
 PAPER: dict[str, PaperSet] = {s.name: s for s in [
-    PaperSet("cifar10", "image", "CIFAR-10, 50,000/10,000 32x32 images, 10 classes", "torchvision"),
-    PaperSet("cifar100", "image", "CIFAR-100, 50,000/10,000 32x32 images, 100 classes", "torchvision"),
+    PaperSet("cifar10", "image", "CIFAR-10, 50,000/10,000 32x32 images, 10 classes", "hub",
+             ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+             "uoft-cs/cifar10", "plain_text", {"train": "train", "test": "test"}, ("img",)),
+    PaperSet("cifar100", "image", "CIFAR-100, 50,000/10,000 32x32 images, 100 fine classes", "hub", (),
+             "uoft-cs/cifar100", "cifar100", {"train": "train", "test": "test"}, ("img",), "fine_label"),
     PaperSet("flowers102", "image", "Oxford Flowers-102, 102 classes (train / test)", "torchvision"),
     PaperSet("oxford_pets", "image", "Oxford-IIIT Pets, 37 classes (trainval / test)", "torchvision"),
     PaperSet("dtd", "image", "Describable Textures, 47 classes (partition 1, train / test)", "torchvision"),
@@ -116,49 +121,44 @@ def _fetch_hub(s: PaperSet) -> None:
                       allow_patterns=[f"{s.folder}/{theirs}-*.parquet" for theirs in s.splits.values()])
 
 
+def _class_names(s: PaperSet, path: str, con) -> list[str]:
+    """The label's names as the hub's copy records them (its ``datasets`` features), else the set's own list."""
+    rows = con.execute("SELECT value FROM parquet_kv_metadata(?) WHERE key = 'huggingface'", [path]).fetchall()
+    try:
+        names = json.loads(rows[0][0])["info"]["features"][s.label]["names"]
+    except (IndexError, KeyError, TypeError, ValueError):
+        names = None
+    return [str(n) for n in names] if names else list(s.class_names)
+
+
+def _decode_png(cell) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(cell["bytes"])) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def _load_hub(s: PaperSet, files: dict[str, list[str]]) -> Dataset:
     import duckdb
 
+    con = duckdb.connect()
     splits = {}
     columns = ", ".join(f'"{c}"' for c in (*s.fields, s.label))
     for ours, paths in files.items():
-        rows = duckdb.connect().execute(f"SELECT {columns} FROM read_parquet(?)", [paths]).fetchall()
-        texts = [r[0] if len(s.fields) == 1 else join_fields(*r[:-1]) for r in rows]
+        rows = con.execute(f"SELECT {columns} FROM read_parquet(?)", [paths]).fetchall()
         labels = np.array([int(r[-1]) for r in rows], dtype=np.int64)
         # The official files are often sorted by label (IMDB): shuffled once, so Split.head(n) is a sample.
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
-        splits[ours] = Split([texts[i] for i in order], labels[order])
-    return Dataset(s.name, "text", list(s.class_names), splits, source=f"hf:{s.repo}/{s.folder}",
-                   description=s.description)
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
+        if s.modality == "image":  # small images (CIFAR's 32x32): decoded once into one array
+            inputs = np.stack([_decode_png(rows[i][0]) for i in order]) if len(rows) else np.empty((0, 32, 32, 3))
+        else:
+            inputs = [rows[i][0] if len(s.fields) == 1 else join_fields(*rows[i][:-1]) for i in order]
+        splits[ours] = Split(inputs, labels[order])
+    classes = _class_names(s, files["train"][0], con)
+    return Dataset(s.name, s.modality, classes, splits, source=f"hf:{s.repo}/{s.folder}", description=s.description)
 
 
 # -- torchvision's layouts ----------------------------------------------------------------------
-
-def _cifar_folder(name: str) -> Path:
-    return data_root() / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-
-
-def _unpickle(path: Path) -> dict:
-    # The official CIFAR files are Python pickles; torchvision reads them the same way.
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
-
-
-def _load_cifar(name: str) -> Dataset:
-    folder = _cifar_folder(name)
-    files = ({"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]} if name == "cifar10"
-             else {"train": ["train"], "test": ["test"]})
-    key = "labels" if name == "cifar10" else "fine_labels"
-    splits = {}
-    for split, parts in files.items():
-        batches = [_unpickle(folder / p) for p in parts]
-        images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
-        splits[split] = Split(np.ascontiguousarray(images, dtype=np.uint8), labels)
-    meta = _unpickle(folder / ("batches.meta" if name == "cifar10" else "meta"))
-    classes = meta["label_names" if name == "cifar10" else "fine_label_names"]
-    return Dataset(name, "image", list(classes), splits, source="torchvision", description=PAPER[name].description)
-
 
 _TV = {"flowers102": ("Flowers102", {"train": "train", "test": "test"}),
        "oxford_pets": ("OxfordIIITPet", {"train": "trainval", "test": "test"}),
@@ -191,8 +191,6 @@ def is_present(name: str) -> bool:
     s = PAPER[name]
     if s.library == "hub":
         return _parquet_files(s) is not None
-    if name in ("cifar10", "cifar100"):
-        return _cifar_folder(name).is_dir()
     try:
         _torchvision(name, "test", download=False)
     except (RuntimeError, OSError):
@@ -207,7 +205,7 @@ def where(name: str) -> str | None:
     s = PAPER[name]
     if s.library == "hub":
         return str(_snapshot(s.repo))
-    return str(_cifar_folder(name) if name in ("cifar10", "cifar100") else data_root())
+    return str(data_root())
 
 
 def fetch(name: str) -> None:
@@ -217,10 +215,6 @@ def fetch(name: str) -> None:
     s = PAPER[name]
     if s.library == "hub":
         _fetch_hub(s)
-    elif name in ("cifar10", "cifar100"):
-        import torchvision.datasets as tvd
-
-        getattr(tvd, "CIFAR10" if name == "cifar10" else "CIFAR100")(str(data_root()), download=True)
     else:
         for split in ("train", "test"):
             _torchvision(name, split, download=True)
@@ -233,9 +227,4 @@ def load_paper(name: str) -> Dataset:
     s = PAPER[name]
     if s.library == "hub":
         return _load_hub(s, _parquet_files(s))
-    if name in ("cifar10", "cifar100"):
-        try:
-            return _load_cifar(name)
-        except (OSError, KeyError, pickle.UnpicklingError) as exc:
-            raise DataMissing(f"{name} under {_cifar_folder(name)} is incomplete ({exc}); {how_to_get(name)}") from None
     return _load_folders(name)

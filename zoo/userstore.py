@@ -137,6 +137,14 @@ def _damaged(name: str, why: str) -> DamagedDataset:
 
 # -- loading ----------------------------------------------------------------------------------
 
+def _mapped(path: Path) -> np.ndarray:
+    """The array memory-mapped (copy on write): a large set is paged in as it is read, never loaded whole."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="c")
+    except ValueError:  # an object array cannot be mapped: the plain load refuses it in numpy's own words
+        return np.load(path, allow_pickle=False)
+
+
 def load_user_dataset(name: str) -> Dataset:
     """Read an imported set back, checking it against the fingerprints recorded at import."""
     meta = read_meta(name)
@@ -153,8 +161,7 @@ def load_user_dataset(name: str) -> Dataset:
                         labels.append(row["label"])
                 splits[split] = Split(texts, np.asarray(labels, dtype=np.int64))
             else:
-                # Memory-mapped (copy on write): a large set is paged in as it is read, never loaded whole.
-                images = np.load(folder / f"{split}_images.npy", allow_pickle=False, mmap_mode="c")
+                images = _mapped(folder / f"{split}_images.npy")
                 labels = np.load(folder / f"{split}_labels.npy", allow_pickle=False)
                 splits[split] = Split(images, labels)
     except (OSError, ValueError, KeyError, TypeError) as exc:
