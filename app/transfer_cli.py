@@ -99,16 +99,17 @@ def transfer_cmd(
     from transfer import config_file as cf
     from transfer.trainer import TransferError, resume, run
 
+    beta_value, settings = _beta(beta), _settings(overrides)  # their own errors (exit 2), before the run's
     try:
         if resume_run:
             result = resume(resume_run, progress=not as_json)
         else:
-            given = {"dataset": dataset, "student": student, "method": method, "beta": _beta(beta), "steps": steps,
+            given = {"dataset": dataset, "student": student, "method": method, "beta": beta_value, "steps": steps,
                      "lr": lr, "objective_lr": objective_lr, "batch_size": batch_size, "seed": seed,
                      "limit_train": limit_train, "limit_test": limit_test, "eval_every": eval_every,
                      "checkpoint_every": checkpoint_every,
                      "teachers": _names(teachers) if teachers is not None else None,
-                     "pretrained": False if from_scratch else None, **_settings(overrides)}
+                     "pretrained": False if from_scratch else None, **settings}
             config = cf.merge(cf.read(config_file) if config_file else {}, given)
             result = run(config, progress=not as_json)
     except (TransferError, KeyError, ValueError, RuntimeError) as exc:  # incl. weights not available here
@@ -129,8 +130,11 @@ def transfer_cmd(
 
 def _export_events(run_id: str) -> str | None:
     """The run's metrics as TensorBoard event files next to it; None (and a note) where that cannot be done."""
+    from transfer import distributed
     from transfer.tracker import TrackerUnavailable, export_tensorboard
 
+    if not distributed.current().is_main:  # a launched job: rank 0 alone writes, as it does the catalog
+        return None
     try:
         return str(export_tensorboard(run_id))
     except TrackerUnavailable as exc:
