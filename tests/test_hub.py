@@ -204,8 +204,8 @@ def test_cli_lists_and_extracts_a_cached_hub_model_offline(hub_cache, tmp_path):
     listed = run_cli("models", "--pattern", "dinov2", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
-    assert rows["hf:tiny-org/dinov2-tiny"]["modality"] == "image"
-    assert rows["hf:tiny-org/dinov2-tiny"]["feature_dim"] == 32 and rows["hf:tiny-org/dinov2-tiny"]["weights"] == "cache"
+    cached = rows["hf:tiny-org/dinov2-tiny"]
+    assert cached["modality"] == "image" and cached["feature_dim"] == 32 and cached["weights"] == "cache"
     assert "dinov2-vit-s14" in rows
     out = run_cli("extract", "-m", "hf:tiny-org/dinov2-tiny", "-d", "digits", "--limit", "16", "--json", env=env)
     assert out.returncode == 0, out.stderr

@@ -198,7 +198,8 @@ def infer_open_clip(kw: dict) -> ModelSpec:
     arch = kw.get("hub_id")
     if not arch or arch not in open_clip.list_models():
         close = difflib.get_close_matches(arch or "", open_clip.list_models(), n=3)
-        raise UnknownModel(f"open_clip has no model {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModel(f"open_clip has no model {arch!r}{hint}")
     cfg = open_clip.get_model_config(arch) or {}
     tag = kw.get("pretrained_tag")
     pcfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}

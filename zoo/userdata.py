@@ -87,9 +87,10 @@ def import_upload(path, name: str, *, text_column: str | list[str] | None = None
     """Import a table or an image zip as the data set ``name``, loadable with ``load_dataset(name)``.
 
     ``source_name`` is the file name to record when ``path`` is a temporary copy (a web
-    upload); it defaults to ``path``'s own name. ``text_column="premise,hypothesis"`` joins several
-    text columns into one text with ``template`` (``"Premise: {premise} Hypothesis: {hypothesis}"``). Dropped rows, cut texts and skipped zip
-    entries are listed in the returned set's ``extra["warnings"]``.
+    upload); it defaults to ``path``'s own name. ``text_column="premise,hypothesis"`` joins
+    several text columns into one text with ``template`` (``"Premise: {premise} Hypothesis:
+    {hypothesis}"``). Dropped rows, cut texts and skipped zip entries are listed in the
+    returned set's ``extra["warnings"]``.
     """
     name = check_name(name)
     if not isinstance(limits, Limits):
