@@ -11,8 +11,24 @@ from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="aftzoo: rank a zoo of foundation models and transfer them into small students.")
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("aftzoo")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed; pip install -e .)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"aftzoo {_version()}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print aftzoo's version and exit.")) -> None:
     # The hub clients read their offline variables at import time: set them before anything imports them.
     try:
         get_settings()
@@ -57,22 +73,37 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="One JSON object o
 
 
 @app.command()
-def datasets(as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout.")) -> None:
-    """List the data sets by name, with sizes and class counts."""
+def datasets(as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
+             fetch: Optional[str] = typer.Option(None, "--fetch", help="Download one of the paper's data sets "
+                                                 "(needs AFTZOO_OFFLINE=0).")) -> None:
+    """List the data sets by name (bundled, the paper's, imported) and whether each is on this machine."""
+    from zoo import paper_data
     from zoo.datasets import describe, list_datasets
 
+    if fetch is not None:
+        if fetch not in paper_data.PAPER:
+            fail(f"--fetch takes one of the paper's data sets: {', '.join(paper_data.PAPER)}; got {fetch!r}")
+        try:
+            paper_data.fetch(fetch)
+        except paper_data.DataMissing as exc:
+            fail(" ".join(str(exc).split()))
+        console.print(f"{fetch}: on this machine ({paper_data.where(fetch)})", highlight=False)
+        return
     rows = [describe(name) for name in list_datasets()]
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "modality", "train", "test", "classes", "fingerprint (train)", "description")
+    table = Table("name", "modality", "on this machine", "train", "test", "classes", "fingerprint (train)",
+                  "description")
     for r in rows:
-        if r["present"]:
-            table.add_row(r["name"], r["modality"], str(r["sizes"].get("train", "")), str(r["sizes"].get("test", "")),
-                          str(r["num_classes"]), r["fingerprints"].get("train", ""), r["description"])
-        else:
-            table.add_row(r["name"], r["modality"], "-", "-", "-", "-", f"[red]missing[/]: {r['how_to_get']}")
+        sizes = r.get("sizes", {})
+        table.add_row(r["name"], r["modality"], "[green]yes[/]" if r["present"] else "[red]no[/]",
+                      str(sizes.get("train", "-")), str(sizes.get("test", "-")), str(r.get("num_classes", "-")),
+                      r.get("fingerprints", {}).get("train", "-"), r["description"])
     console.print(table)
+    for r in rows:
+        if not r["present"]:
+            console.print(f"{r['name']}: {r['how_to_get']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -109,8 +140,10 @@ def app_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to bin
             port: int = typer.Option(7860, "--port", help="Port to listen on.")) -> None:
     """Start the web app: data, teacher rankings, transfer jobs, runs, export and try."""
     from app.web import launch
+    from zoo.registry import load_persisted
 
     try:
+        load_persisted()  # the pickers list models registered in earlier sessions too
         launch(host, port)
     except (OSError, ValueError) as exc:  # port taken, half-set login
         fail(str(exc))
@@ -118,25 +151,60 @@ def app_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to bin
         pass
 
 
+def _model_row(spec, shown_name: str | None = None) -> dict:
+    from zoo.registry import weights_status
+
+    return {"name": shown_name or spec.name, "family": spec.family, "modality": spec.modality, "role": spec.role,
+            "source": spec.source, "hub_id": spec.hub_id, "params": spec.params, "feature_dim": spec.feature_dim,
+            "feature_rule": spec.feature_rule, "image_size": spec.image_size, "max_length": spec.max_length,
+            "weights": weights_status(spec), "description": spec.description}
+
+
+def _cached_hub_rows(pattern: str | None, role: str | None, modality: str | None, known: set) -> list[dict]:
+    """Models in the local Hugging Face cache that the registry does not hold yet, under their hub names."""
+    import fnmatch
+
+    from zoo import hub
+
+    rows = []
+    glob = pattern if pattern and any(c in pattern for c in "*?[") else f"*{pattern or ''}*"
+    for hub_name in hub.cached_hub_names():
+        if hub.spec_name(hub_name) in known or not (
+                fnmatch.fnmatchcase(hub_name.lower(), glob.lower())):
+            continue
+        try:
+            spec = hub.spec_from_name(hub_name)
+        except Exception:  # a half-downloaded or foreign repo: not a model aftzoo can list
+            continue
+        if spec.hub_repo in {r for r in known if isinstance(r, str) and "/" in r}:
+            continue  # the weights of a zoo entry (timm/vit_small_patch14_dinov2.lvd142m is dinov2-vit-s14)
+        if (role and spec.role not in (role, "both")) or (modality and spec.modality != modality):
+            continue
+        rows.append(_model_row(spec, hub_name))
+    return rows
+
+
 @app.command()
 def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or student (models usable as both match either)."),
            modality: Optional[str] = typer.Option(None, "--modality", help="image or text."),
-           pattern: Optional[str] = typer.Option(None, "--pattern", help="fnmatch pattern on the name, e.g. 'dinov2*'."),
+           pattern: Optional[str] = typer.Option(None, "--pattern", help="fnmatch pattern on the name, e.g. 'dinov2*'; "
+                                                 "without wildcards, any name containing it."),
            as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout.")) -> None:
-    """List the zoo's models: family, modality, role, size, feature dimension, and whether their weights are here."""
-    from zoo.registry import get, list_models, weights_status
+    """List the zoo's models, the ones registered before and those in the local Hugging Face cache."""
+    from zoo.registry import get, list_models, list_specs, load_persisted
 
+    try:
+        load_persisted()
+    except Exception as exc:  # a busy catalog hides only earlier sessions' models: say so, list the rest
+        err.print(f"[yellow]warning:[/] models registered earlier are not listed ({' '.join(str(exc).split())})",
+                  highlight=False)
     try:
         names = list_models(pattern, role=role, modality=modality)
     except ValueError as exc:
         fail(str(exc))
-    rows = []
-    for name in names:
-        spec = get(name)
-        rows.append({"name": spec.name, "family": spec.family, "modality": spec.modality, "role": spec.role,
-                     "source": spec.source, "hub_id": spec.hub_id, "params": spec.params,
-                     "feature_dim": spec.feature_dim, "feature_rule": spec.feature_rule,
-                     "weights": weights_status(spec), "description": spec.description})
+    rows = [_model_row(get(name)) for name in names]
+    known = {s.name for s in list_specs()} | {s.hub_repo for s in list_specs() if s.hub_repo}
+    rows += _cached_hub_rows(pattern, role, modality, known)
     if as_json:
         print_json(rows)
         return
@@ -152,11 +220,13 @@ def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or s
                       str(r["feature_dim"] or "?"), f"[green]{r['weights']}[/]" if r["weights"] else "[red]no[/]")
     console.print(table)
     console.print("weights here: pack = offline pack, cache = local hub cache, folder = registered folder, "
-                  "random = trained from scratch, no = needs --weights DIR or AFTZOO_OFFLINE=0", highlight=False)
+                  "random = trained from scratch, no = needs --weights DIR or AFTZOO_OFFLINE=0; any name takes "
+                  "the forms timm:NAME, hf:ORG/NAME, open_clip:ARCH/TAG and hf-hub:ORG/NAME", highlight=False)
 
 
 @app.command()
-def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (see `aftzoo models`)."),
+def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (see `aftzoo models`), or a hub name: "
+                                      "timm:NAME, hf:ORG/NAME, open_clip:ARCH/TAG, hf-hub:ORG/NAME."),
             dataset: str = typer.Option(..., "--dataset", "-d", help="Data set name (see `aftzoo datasets`)."),
             split: str = typer.Option("train", "--split", help="train, test or all."),
             limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N examples of each split."),

@@ -7,10 +7,14 @@ from app.output import console, err, fail, print_json
 
 
 def add_dataset_cmd(
-        path: str = typer.Argument(..., help="A .csv, .jsonl or .parquet table, or a .zip of class folders of images."),
+        path: str = typer.Argument(..., help="A .csv, .jsonl or .parquet table, a folder of class folders of images, "
+                                   "or a .zip of one."),
         name: str = typer.Option(..., "--name", "-n", help="The new data set's name: a-z, 0-9, '_' and '-'."),
         text_column: str | None = typer.Option(None, "--text-column", help="Tables: the column of texts "
-                                                  "(default: guessed)."),
+                                                  "(default: guessed), or several: premise,hypothesis."),
+        template: str | None = typer.Option(None, "--template", help="Tables with several text columns: how to "
+                                             "join them, e.g. 'Premise: {premise} Hypothesis: {hypothesis}' "
+                                             "(default: one per line)."),
         label_column: str | None = typer.Option(None, "--label-column", help="Tables: the column of labels "
                                                    "(default: guessed)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an imported data set of the same name."),
@@ -21,7 +25,8 @@ def add_dataset_cmd(
     from zoo.userdata import DamagedDataset, UploadError, import_upload
 
     try:
-        ds = import_upload(path, name, text_column=text_column, label_column=label_column, overwrite=overwrite)
+        ds = import_upload(path, name, text_column=text_column, label_column=label_column, overwrite=overwrite,
+                           template=template)
     except (UploadError, CatalogError, DamagedDataset) as exc:
         fail(str(exc))
     except OSError as exc:  # a full disk or a folder without write permission

@@ -165,6 +165,9 @@ def test_persisted_registration_survives_the_session(tmp_path):
     spec = zoo.get("resnet50").replace(name="persisted-resnet")
     zoo.register(spec, persist=True)
     zoo.unregister("persisted-resnet")
+    with pytest.raises(UnknownModel):
+        zoo.get("persisted-resnet")  # a pure look-up: get() never opens the catalog
+    assert registry.load_persisted() == ["persisted-resnet"]
     assert zoo.get("persisted-resnet") == spec  # read back from the catalog's models table
 
 
@@ -180,7 +183,7 @@ def test_weights_resolution_order_and_fast_clear_failure(monkeypatch):
     message = str(info.value)
     assert "\n" not in message and "'dinov2-vit-g14'" in message
     for way in ("zoo.register('dinov2-vit-g14', path=DIR)", "--weights DIR", "AFTZOO_OFFLINE=0",
-                "huggingface-cli download timm/vit_giant_patch14_dinov2.lvd142m"):
+                "hf download timm/vit_giant_patch14_dinov2.lvd142m"):
         assert way in message
     monkeypatch.setenv("AFTZOO_OFFLINE", "0")
     reset_settings()

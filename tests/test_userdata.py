@@ -13,7 +13,7 @@ from PIL import Image
 
 from storage.catalog import open_catalog
 from tests.conftest import run_cli
-from zoo import userdata
+from zoo import userdata, userstore
 from zoo.datasets import UnknownDataset, describe, list_datasets, load_dataset
 from zoo.userdata import (
     DamagedDataset,
@@ -371,9 +371,9 @@ def test_a_crash_mid_import_leaves_nothing_and_the_old_set_intact(home, tmp_path
         raise RuntimeError("disk on fire")
 
     if where == "write":
-        real = userdata._write_split
+        real = userstore._write_split
         calls = []
-        monkeypatch.setattr(userdata, "_write_split", lambda *a: calls.append(1) or (real(*a) if len(calls) < 2
+        monkeypatch.setattr(userstore, "_write_split", lambda *a: calls.append(1) or (real(*a) if len(calls) < 2
                                                                                       else boom()))
     else:
         from storage.catalog import Catalog

@@ -7,7 +7,7 @@ import sys
 
 from storage.catalog import Catalog, CatalogError
 from storage.settings import get_settings, resolve_device
-from zoo import datasets, packs
+from zoo import datasets, packs, paper_data
 
 _PACKAGES = ["aftzoo", "torch", "torchvision", "timm", "transformers", "open_clip_torch", "sentence-transformers",
              "gradio", "duckdb", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "pandas", "numpy"]
@@ -66,7 +66,9 @@ def report() -> dict:
     for row in pack_rows:
         if not row["present"]:
             problems.append(f"offline pack {row['pack']} is missing; get it with: {row['how_to_get']}")
-    data_rows = [datasets.describe(name) for name in datasets.list_datasets()]
+    # The paper's sets are fetched on first use: absent is not a problem, so they are listed apart.
+    data_rows = [datasets.describe(name) for name in datasets.list_datasets() if name not in datasets.PAPER]
+    paper_rows = [{"name": name, "present": paper_data.is_present(name)} for name in datasets.PAPER]
 
     return {
         "versions": versions,
@@ -77,5 +79,6 @@ def report() -> dict:
         "catalog": catalog,
         "packs": pack_rows,
         "datasets": data_rows,
+        "paper_datasets": paper_rows,
         "problems": problems,
     }

@@ -39,7 +39,7 @@ from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, Featu
 from storage.settings import get_settings
 from zoo.datasets import Dataset, load_dataset
 from zoo.prompts import DEFAULT_PROMPT, prompt_for
-from zoo.registry import ModelSpec, get, record, resolve_weights
+from zoo.registry import ModelSpec, record, resolve, resolve_weights
 
 EXTRACTOR_VERSION = "1"
 SPLITS = ("train", "test")
@@ -456,7 +456,7 @@ def _on_rank0(fn, rank: int):
 
 
 def _resolve(model) -> ModelSpec:
-    """``get(model)``; in a multi-process job, rank 0's answer: a user's model may be recorded in the catalog,
-    which the other processes do not open."""
+    """``zoo.registry.resolve(model)``; in a multi-process job, rank 0's answer: a user's model may be recorded
+    in the catalog, which the other processes do not open."""
     group = _process_group()
-    return get(model) if group is None else _on_rank0(lambda: get(model), group[0])
+    return resolve(model) if group is None else _on_rank0(lambda: resolve(model), group[0])

@@ -147,6 +147,15 @@ class OpenClipFeatureModel(ImageFeatureModel):
         return out[0] if isinstance(out, tuple) else out
 
 
+class HFImageFeatureModel(ImageFeatureModel):
+    """A transformers vision model (DINOv2, ViT, ConvNeXt...): its pooled output, else its first token."""
+
+    def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.net(pixel_values=batch)
+        pooled = getattr(out, "pooler_output", None)
+        return (out.last_hidden_state[:, 0] if pooled is None else pooled).flatten(1)
+
+
 class TextFeatureModel(FeatureModel):
     """Strings -> prompt -> tokens (the prompt's closing words are kept when a text is too long)."""
 
@@ -457,6 +466,17 @@ def _build_transformers(spec: ModelSpec, source: WeightsSource) -> FeatureModel:
     return _text_class(spec.feature_rule)(spec, net, source, dim, tokenizer, max_length)
 
 
+def _build_hf_image(spec: ModelSpec, source: WeightsSource) -> FeatureModel:
+    from transformers import AutoModel
+
+    where = spec.hub_id if source.kind == "hub" else source.location
+    net = AutoModel.from_pretrained(where, dtype=_DTYPES.get(spec.dtype, torch.float32),
+                                    local_files_only=source.kind != "hub")
+    config = net.config
+    dim = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [spec.feature_dim])[-1]
+    return HFImageFeatureModel(spec, net, source, dim)
+
+
 def _sentence_modules(folder: Path) -> tuple[bool, dict, bool, dict]:
     """(native-loadable, pooling config, normalise, sentence_bert_config) of a sentence-transformers folder."""
     modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
@@ -539,6 +559,8 @@ def load(model: ModelSpec | str, *, weights: str | Path | None = None, device: s
             else:
                 if spec.feature_rule == "sentence":
                     fm = _build_sentence(spec, source)
+                elif spec.modality == "image":
+                    fm = _build_hf_image(spec, source)
                 else:
                     fm = _build_transformers(spec, source)
     except (WeightsUnavailable, ModelLoadError, packs.PackMissing):

@@ -4,6 +4,10 @@ Each template names its fields in braces. A data set whose examples are plain st
 fills the template's first field; an example given as a dict fills fields by name, one
 given as a tuple or list fills them in order. Data sets with no entry use ``"{text}"``,
 the text as it is.
+
+A pair task's example (MNLI's premise and hypothesis) is stored as one string, its fields
+joined by ``FIELD_SEP``: its own prompt fills them in order, and a one-field template
+(``"{text}"``, for models that take no prompt) gets them one per line.
 """
 from __future__ import annotations
 
@@ -11,6 +15,12 @@ import re
 from typing import Any, Callable, Mapping, Sequence
 
 DEFAULT_PROMPT = "{text}"
+FIELD_SEP = "\x1f"  # ASCII unit separator: never in real text, so a pair survives as one str
+
+
+def join_fields(*parts: str) -> str:
+    """One stored example of a pair task (see the module docstring)."""
+    return FIELD_SEP.join(str(p).replace(FIELD_SEP, " ") for p in parts)
 
 # Appendix A.2, verbatim apart from typographic quotes (straight quotes here) and the
 # stray space the text dump left after each line break.
@@ -58,6 +68,8 @@ def format_prompt(template: str, example: Any) -> str:
     Only ``{name}`` fields are substituted, so braces inside the texts are left alone.
     """
     names = fields(template)
+    if isinstance(example, str) and FIELD_SEP in example:
+        example = _split_fields(example, names)
     if isinstance(example, str):
         values = {names[0]: example} if names else {}
     elif isinstance(example, Mapping):
@@ -76,6 +88,11 @@ def format_prompt(template: str, example: Any) -> str:
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
 
+def _split_fields(example: str, names: list[str]) -> tuple[str, ...] | str:
+    parts = tuple(example.split(FIELD_SEP))
+    return parts if len(parts) == len(names) else "\n".join(parts)
+
+
 def fit_prompt(example: Any, template: str, max_length: int, encode: Callable[[str, bool], list[int]],
                decode: Callable[[list[int]], str], encode_truncated: Callable[[str], list[int]]) -> list[int]:
     """Token ids of ``example`` in ``template``, at most ``max_length`` of them.
@@ -86,6 +103,8 @@ def fit_prompt(example: Any, template: str, max_length: int, encode: Callable[[s
     training, the ``tokenizers`` one in the torch-free runtime, so both cut identically.
     """
     names = fields(template)
+    if isinstance(example, str) and FIELD_SEP in example:
+        example = _split_fields(example, names)
     if isinstance(example, str):
         parts = {names[0] if names else "text": example}
     elif isinstance(example, Mapping):

@@ -1,10 +1,12 @@
 """The model registry, in timm's style: declarative entries looked up by name.
 
 ``list_models(pattern, role=, modality=)`` lists names, ``get(name)`` returns a frozen
-``ModelSpec``, ``register(...)`` adds a user's own model (any timm / open_clip /
-transformers / sentence-transformers name, or a local checkpoint folder). Nothing here
-imports torch or a model library at import time, so listing the zoo is instant; only
-``register`` of a hub name looks at that library's own tables.
+``ModelSpec`` (a pure look-up: no file is read), ``register(...)`` adds a user's own model
+(any timm / open_clip / transformers / sentence-transformers name, or a local checkpoint
+folder), ``resolve(name)`` also accepts the hub name forms (``hf:ORG/NAME``, ``timm:NAME``,
+``open_clip:ARCH/TAG``, ``hf-hub:ORG/NAME``; see ``zoo.hub``) and records what it infers
+in the catalog, and ``load_persisted()`` brings back the models an earlier session recorded.
+Nothing here imports torch or a model library at import time, so listing the zoo is instant.
 
 Adding a model to the zoo is one ``_add(ModelSpec(...))`` entry below.
 """
@@ -15,159 +17,18 @@ import difflib
 import fnmatch
 import json
 import math
-import re
-import struct
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
 
-from storage.settings import get_settings
-from zoo import packs
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MODALITIES = ("image", "text")
-ROLES = ("teacher", "student", "both")
-SOURCES = ("timm", "open_clip", "transformers", "sentence-transformers", "local", "pack", "noise", "tiny")
-FEATURE_RULES = ("pooled", "cls", "last_token", "sentence", "decoder_last_token", "noise")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class UnknownModel(KeyError):
-    """A model name the registry does not know."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build a model and extract its features; no weights.
-
-    ``params`` counts the parameters of the network that computes the features
-    (classifier heads and, for CLIP, the unused text tower excluded), approximately.
-    ``hub_id`` is the name in the model's own library: a timm name with its pretrained
-    tag, an open_clip architecture (with ``pretrained_tag``), or a Hugging Face repo id.
-    """
-
-    name: str
-    family: str
-    modality: str                       # "image" | "text"
-    role: str                           # "teacher" | "student" | "both"
-    source: str                         # see SOURCES
-    hub_id: str | None = None
-    params: int | None = None
-    feature_dim: int | None = None
-    feature_rule: str = "pooled"        # see FEATURE_RULES
-    # images
-    image_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    interpolation: str = "bicubic"
-    # text
-    max_length: int | None = None
-    prompt: bool = True                 # format inputs with the data set's prompt (Appendix A.2)
-    tokenizer: str | None = None        # a folder, a hub id or "pack:<name>"; default: the model's own
-    # provenance
-    licence: str | None = None
-    pack: str | None = None             # offline pack holding the weights (zoo.packs)
-    path: str | None = None             # a local folder with the weights, named by the user
-    hf_repo: str | None = None          # Hugging Face repo of the weights, when it differs from hub_id
-    pretrained_tag: str | None = None   # open_clip pretrained tag
-    # building
-    dtype: str = "float32"              # dtype the weights run in (outputs are always float32)
-    create_kwargs: dict = field(default_factory=dict, hash=False)
-    random_init: bool = False           # build from config with random weights (no download, no file)
-    config_overrides: dict = field(default_factory=dict, hash=False)
-    seed: int = 0                       # seed of a random initialisation
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            # The name becomes part of folder and file names (features, runs): nothing that could leave them.
-            hint = ("; keep the library's own name (with '/') in hub_id="
-                    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(self.name)) else "")
-            problems.append("name must be letters, digits, '.', '_' and '-', starting with a letter or digit, at "
-                            f"most 128 characters; got {self.name!r}{hint}")
-        for attr, allowed in (("modality", MODALITIES), ("role", ROLES), ("source", SOURCES),
-                              ("feature_rule", FEATURE_RULES)):
-            if getattr(self, attr) not in allowed:
-                problems.append(f"{attr} must be one of {', '.join(allowed)}; got {getattr(self, attr)!r}")
-        if self.modality == "image":
-            if not self.image_size or self.mean is None or self.std is None:
-                problems.append("an image model needs image_size, mean and std")
-            elif len(self.mean) != 3 or len(self.std) != 3:
-                problems.append("mean and std need three values (RGB)")
-            if self.feature_rule not in ("pooled", "noise"):
-                problems.append(f"image models use the 'pooled' feature rule; got {self.feature_rule!r}")
-        if self.modality == "text":
-            if not self.max_length:
-                problems.append("a text model needs max_length")
-            if self.feature_rule == "pooled":
-                problems.append("text models use the cls, last_token, decoder_last_token or sentence rule")
-        if (self.source == "noise") != (self.feature_rule == "noise"):
-            problems.append("the 'noise' source and the 'noise' feature rule go together (see noise_spec)")
-        elif self.source == "noise" and not (self.feature_dim and self.random_init):
-            problems.append("a noise model needs feature_dim and random_init=True (see noise_spec)")
-        if self.source == "pack" and not self.pack:
-            problems.append("a pack model needs the pack's name")
-        if self.source == "local" and not self.path:
-            problems.append("a local model needs path")
-        if self.source in ("timm", "open_clip", "transformers", "sentence-transformers") and not (
-                self.hub_id or self.path):
-            problems.append(f"a {self.source} model needs hub_id (or a local path)")
-        if problems:
-            raise ValueError(f"invalid model spec {self.name!r}: " + "; ".join(problems))
-        # Normalise sequences to tuples so equal specs compare equal after a JSON round trip.
-        for attr in ("mean", "std"):
-            value = getattr(self, attr)
-            if value is not None:
-                object.__setattr__(self, attr, tuple(float(v) for v in value))
-
-    @property
-    def teacher(self) -> bool:
-        return self.role in ("teacher", "both")
-
-    @property
-    def student(self) -> bool:
-        return self.role in ("student", "both")
-
-    @property
-    def hub_repo(self) -> str | None:
-        """The Hugging Face repo whose cache may hold this model's weights."""
-        if self.hf_repo:
-            return self.hf_repo
-        if self.source == "timm" and self.hub_id and "." in self.hub_id:
-            return f"timm/{self.hub_id}"
-        if self.source in ("transformers", "sentence-transformers"):
-            return self.hub_id
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "aftzoo_spec": 1}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def replace(self, **changes) -> "ModelSpec":
-        return dataclasses.replace(self, **changes)
-
+from zoo import hub, weights
+from zoo.hub import guess_role, inspect_folder, spec_from_folder  # noqa: F401  (part of the registry's API)
+from zoo.spec import (FEATURE_RULES, HALF, IMAGENET_MEAN, IMAGENET_STD, MODALITIES, OPENAI_MEAN,  # noqa: F401
+                      OPENAI_STD, ROLES, SOURCES, ModelSpec, UnknownModel)
+from zoo.weights import WeightsSource, WeightsUnavailable, library  # noqa: F401
 
 _LOCK = threading.RLock()
 _BUILTIN: dict[str, ModelSpec] = {}
 _USER: dict[str, ModelSpec] = {}
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
 
 
 def _add(spec: ModelSpec) -> None:
@@ -336,7 +197,8 @@ def _all() -> dict[str, ModelSpec]:
 
 def list_models(pattern: str | None = None, role: str | None = None, modality: str | None = None,
                 source: str | None = None) -> list[str]:
-    """Sorted model names matching an fnmatch ``pattern`` (e.g. ``"dinov2*"``) and the filters.
+    """Sorted model names matching an fnmatch ``pattern`` (e.g. ``"dinov2*"``; one with no wildcard
+    matches anywhere in the name, so ``"dinov2"`` finds ``hf-facebook--dinov2-small`` too) and the filters.
 
     ``role="teacher"`` includes models whose role is ``"both"``, and so does ``"student"``.
     """
@@ -344,6 +206,8 @@ def list_models(pattern: str | None = None, role: str | None = None, modality: s
         raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
     if modality is not None and modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
+    if pattern and not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"
     names = []
     for name, spec in _all().items():
         if pattern and not fnmatch.fnmatchcase(name, pattern.lower()) and not fnmatch.fnmatchcase(name, pattern):
@@ -373,11 +237,9 @@ def _unknown(name: str) -> UnknownModel:
 
 
 def get(name: str | ModelSpec) -> ModelSpec:
-    """The spec of ``name``; ``UnknownModel`` lists close matches.
-
-    A name registered in an earlier session and recorded in the catalog (by an
-    extraction, or ``register(..., persist=True)``) is found there too.
-    """
+    """The spec of ``name`` (a registry name, an alias, or a hub name resolved before); ``UnknownModel``
+    lists close matches. A pure look-up: models of an earlier session come back with
+    ``load_persisted()``, hub names not seen yet with ``resolve(name)``."""
     if isinstance(name, ModelSpec):
         return name
     specs = _all()
@@ -387,48 +249,81 @@ def get(name: str | ModelSpec) -> ModelSpec:
     key = ALIASES.get(key, key)
     if key in specs:
         return specs[key]
-    spec = _from_catalog(name)
-    if spec is not None:
-        with _LOCK:
-            _USER.setdefault(spec.name, spec)
-        return spec
+    if hub.is_hub_name(name) and hub.spec_name(name) in specs:
+        return specs[hub.spec_name(name)]
     raise _unknown(name)
+
+
+def resolve(name: str | ModelSpec, *, persist: bool = True) -> ModelSpec:
+    """The entry points' look-up (extraction, ranking, training, the CLI): ``get(name)``; on a miss, the
+    models an earlier session recorded (``load_persisted``); then, for a hub name, its spec inferred from
+    the model's own configs, registered and (``persist``) recorded in the catalog for later sessions."""
+    try:
+        return get(name)
+    except UnknownModel:
+        if isinstance(name, ModelSpec):
+            raise
+    try:
+        load_persisted()
+    except Exception:  # a busy or unreadable catalog only hides earlier sessions' models; say "unknown" below
+        pass
+    try:
+        return get(name)
+    except UnknownModel:
+        if not hub.is_hub_name(name):
+            raise
+    return register(hub.spec_from_name(name), persist=persist)
 
 
 def is_builtin(name: str) -> bool:
     return name in _BUILTIN
 
 
-def _from_catalog(name: str) -> ModelSpec | None:
-    try:
-        from storage.settings import get_settings
+def load_persisted(catalog=None) -> list[str]:
+    """Register the models recorded in the catalog (by ``register(persist=True)``, ``resolve`` or an
+    extraction) that this session does not know yet; returns their names. No catalog file: nothing."""
+    from storage.catalog import open_catalog  # the catalog pulls in duckdb and pandas: only when asked
+    from storage.settings import get_settings
 
-        settings = get_settings()
-        if not settings.catalog_path.is_file():
-            return None
-        from storage.catalog import open_catalog
-
-        with open_catalog(settings) as catalog:
-            rows = catalog.query("SELECT spec FROM models WHERE name = ?", [name])
-        if not rows:
-            return None
-        data = json.loads(rows[0]["spec"]) if isinstance(rows[0]["spec"], str) else rows[0]["spec"]
-        if not isinstance(data, dict) or data.get("aftzoo_spec") != 1:
-            return None
-        return ModelSpec.from_dict(data)
-    except Exception:  # the catalog is a convenience here: busy or unreadable means "not found"
-        return None
+    if catalog is None:
+        if not get_settings().catalog_path.is_file():
+            return []
+        with open_catalog(read_only=True) as cat:
+            return load_persisted(cat)
+    added = []
+    for row in catalog.query("SELECT name, spec FROM models"):
+        data = json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"]
+        if not isinstance(data, dict) or data.get("aftzoo_spec") != 1 or row["name"] in _all():
+            continue
+        try:
+            spec = ModelSpec.from_dict(data)
+        except (TypeError, ValueError):  # written by another version: skipped, the rest still load
+            continue
+        with _LOCK:
+            _USER.setdefault(spec.name, spec)
+        added.append(spec.name)
+    return added
 
 
 def record(spec: ModelSpec, catalog=None) -> None:
     """Upsert ``spec`` into the catalog's ``models`` table (opening the catalog if none is given)."""
     if catalog is None:
-        from storage.catalog import open_catalog
+        from storage.catalog import open_catalog  # as in load_persisted
 
         with open_catalog() as cat:
             return record(spec, cat)
     catalog.upsert_model(spec.name, family=spec.family, modality=spec.modality, role=spec.role, source=spec.source,
                          hub_id=spec.hub_id, params=spec.params, feature_dim=spec.feature_dim, spec=spec.to_dict())
+
+
+def resolve_weights(spec: ModelSpec | str, weights_folder: str | Path | None = None) -> WeightsSource:
+    """Where the weights of ``spec`` (or a model's name) will come from (``zoo.weights``)."""
+    return weights.resolve_weights(get(spec), weights_folder)
+
+
+def weights_status(spec: ModelSpec | str) -> str | None:
+    """Where the weights of ``spec`` (or a model's name) are on this machine, or None (``zoo.weights``)."""
+    return weights.weights_status(get(spec))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,6 +348,8 @@ def register(spec: ModelSpec | str | None = None, /, *, overwrite: bool = False,
     Any other ``ModelSpec`` field given as a keyword overrides the inferred value.
     ``persist=True`` also records the spec in the catalog, so later sessions find it.
     """
+    if isinstance(spec, str) and hub.is_hub_name(spec) and "name" not in kwargs:
+        spec, kwargs = hub.spec_from_name(spec, **kwargs), {}  # register("hf:ORG/NAME", role="student")
     if isinstance(spec, str):  # register("name", path=...) reads as it is written in the docs
         if "name" in kwargs and kwargs["name"] != spec:
             raise ValueError(f"register got two names, {spec!r} and {kwargs['name']!r}")
@@ -503,343 +400,14 @@ def _spec_from_kwargs(kwargs: dict) -> ModelSpec:
         return spec_from_folder(kwargs.pop("path"), **kwargs)
     source = kwargs.get("source")
     if source == "timm":
-        return _infer_timm(kwargs)
+        return hub.infer_timm(kwargs)
     if source == "open_clip":
-        return _infer_open_clip(kwargs)
+        return hub.infer_open_clip(kwargs)
     if source in ("transformers", "sentence-transformers"):
-        return _infer_transformers(kwargs)
+        return hub.infer_transformers(kwargs)
     if source is None:
         raise ValueError(f"register({name!r}, ...) needs path=<local folder>, or source= one of timm, open_clip, "
                          "transformers, sentence-transformers with hub_id=")
     return ModelSpec(**kwargs)
 
 
-def _guess_role(params: int | None) -> str:
-    return "teacher" if params is None or params > 80_000_000 else "both"
-
-
-def _infer_timm(kw: dict) -> ModelSpec:
-    import timm
-    import torch
-
-    hub_id = kw.get("hub_id")
-    if not hub_id:
-        raise ValueError("a timm model needs hub_id, e.g. 'convnext_tiny.fb_in22k'")
-    arch = hub_id.split(".")[0]
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        raise UnknownModel(f"timm has no model {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    cfg = timm.models.get_pretrained_cfg(hub_id) if "." in hub_id else timm.models.get_pretrained_cfg(arch)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **kw.get("create_kwargs", {}))
-    params = sum(p.numel() for p in model.parameters())
-    size = kw.get("create_kwargs", {}).get("img_size") or cfg.get("input_size", (3, 224, 224))[-1]
-    base = dict(family=arch.split("_")[0], modality="image", role=_guess_role(params), params=params,
-                feature_dim=model.num_features, feature_rule="pooled", image_size=size,
-                mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
-                interpolation=cfg.get("interpolation", "bicubic"), licence=cfg.get("license"))
-    return ModelSpec(**{**base, **kw})
-
-
-def _infer_open_clip(kw: dict) -> ModelSpec:
-    import open_clip
-
-    arch = kw.get("hub_id")
-    if not arch or arch not in open_clip.list_models():
-        close = difflib.get_close_matches(arch or "", open_clip.list_models(), n=3)
-        raise UnknownModel(f"open_clip has no model {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    cfg = open_clip.get_model_config(arch) or {}
-    tag = kw.get("pretrained_tag")
-    pcfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
-    if tag and not pcfg:
-        raise UnknownModel(f"open_clip has no pretrained tag {tag!r} for {arch}; known tags: "
-                           f"{', '.join(open_clip.list_pretrained_tags_by_model(arch))}")
-    size = cfg.get("vision_cfg", {}).get("image_size", 224)
-    base = dict(family="openclip", modality="image", role="teacher", feature_rule="pooled",
-                feature_dim=cfg.get("embed_dim"), image_size=size if isinstance(size, int) else size[0],
-                mean=tuple(pcfg.get("mean") or OPENAI_MEAN), std=tuple(pcfg.get("std") or OPENAI_STD),
-                hf_repo=(pcfg.get("hf_hub") or "").strip("/") or None)
-    return ModelSpec(**{**base, **kw})
-
-
-_DECODER_TYPES = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi",
-                  "phi3", "gemma", "gemma2", "gemma3", "opt", "falcon", "bloom", "olmo", "olmo2", "smollm3",
-                  "codegen", "stablelm", "starcoder2", "granite", "cohere"}
-_ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "longt5"}
-
-
-def _rule_for(model_type: str | None, architectures: Iterable[str] = (), hub_id: str = "") -> str:
-    model_type = (model_type or "").lower()
-    if model_type in _ENCODER_DECODER_TYPES:
-        return "decoder_last_token"
-    if model_type in _DECODER_TYPES or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return "last_token"
-    if model_type:
-        return "cls"
-    low = hub_id.lower()
-    if "t5" in low:
-        return "decoder_last_token"
-    if any(k in low for k in ("gpt", "llama", "mistral", "qwen", "phi", "gemma", "opt-", "falcon", "bloom")):
-        return "last_token"
-    return "cls"
-
-
-def _hidden_size(cfg: dict) -> int | None:
-    for key in ("hidden_size", "d_model", "n_embd", "dim", "word_embedding_dimension"):
-        if isinstance(cfg.get(key), int):
-            return cfg[key]
-    text = cfg.get("text_config")
-    return _hidden_size(text) if isinstance(text, dict) else None
-
-
-def _infer_transformers(kw: dict) -> ModelSpec:
-    hub_id = kw.get("hub_id")
-    if not hub_id:
-        raise ValueError(f"a {kw.get('source')} model needs hub_id, e.g. 'FacebookAI/roberta-base'")
-    cfg: dict = {}
-    try:  # a config already in the local Hugging Face cache tells the architecture; no download
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(hub_id, "config.json")
-        if isinstance(found, str):
-            cfg = json.loads(Path(found).read_text())
-    except Exception:
-        cfg = {}
-    sentence = kw.get("source") == "sentence-transformers"
-    base = dict(family=cfg.get("model_type") or hub_id.split("/")[-1].split("-")[0].lower(), modality="text",
-                role="teacher", feature_dim=_hidden_size(cfg), max_length=512,
-                feature_rule="sentence" if sentence else _rule_for(cfg.get("model_type"),
-                                                                   cfg.get("architectures") or (), hub_id))
-    return ModelSpec(**{**base, **kw})
-
-
-# ---------------------------------------------------------------------------------------------
-# Local folders
-# ---------------------------------------------------------------------------------------------
-def _safetensors_params(files: Iterable[Path]) -> int | None:
-    """Exact parameter count from safetensors headers (a few kilobytes read per file)."""
-    total, seen = 0, False
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
-        except (OSError, ValueError, struct.error):
-            continue
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            count = 1
-            for d in info.get("shape", []):
-                count *= d
-            total += count
-            seen = True
-    return total if seen else None
-
-
-def _folder_params(folder: Path) -> int | None:
-    params = _safetensors_params(sorted(folder.glob("*.safetensors")))
-    if params is None:
-        weights = [f for f in folder.glob("*") if f.suffix in (".bin", ".pth", ".pt")]
-        if weights:
-            params = sum(f.stat().st_size for f in weights) // 4  # float32 bytes, approximately
-    return params
-
-
-def inspect_folder(path: str | Path) -> dict[str, Any]:
-    """What a checkpoint folder holds: ``kind`` (transformers, sentence-transformers, timm,
-    open_clip or weights), its config, and the parameter count where it can be read cheaply."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
-    config = {}
-    if (folder / "config.json").is_file():
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except ValueError as exc:
-            raise ValueError(f"{folder / 'config.json'} is not valid JSON: {exc}") from None
-    if (folder / "modules.json").is_file():
-        kind = "sentence-transformers"
-    elif (folder / "open_clip_config.json").is_file():
-        kind = "open_clip"
-        config = json.loads((folder / "open_clip_config.json").read_text())
-    elif "architecture" in config:
-        kind = "timm"
-    elif "model_type" in config:
-        kind = "transformers"
-    elif any(f.suffix in (".safetensors", ".bin", ".pth", ".pt", ".npz") for f in folder.iterdir()):
-        kind = "weights"  # a bare weights file: usable with a known architecture (a zoo model's path)
-    else:
-        raise ValueError(f"{folder} holds no checkpoint aftzoo recognises: expected a Hugging Face folder "
-                         "(config.json with model_type), a sentence-transformers folder (modules.json), a timm "
-                         "folder (config.json with architecture, and weights) or an open_clip folder "
-                         "(open_clip_config.json)")
-    return {"kind": kind, "config": config, "params": _folder_params(folder), "path": str(folder.resolve())}
-
-
-def spec_from_folder(path: str | Path, name: str, **overrides) -> ModelSpec:
-    """A spec for the checkpoint in ``path``, inferred from its config files."""
-    info = inspect_folder(path)
-    kind, cfg, folder = info["kind"], info["config"], info["path"]
-    base: dict[str, Any] = dict(name=name, source="local", path=folder, params=info["params"])
-    if kind == "timm":
-        pcfg = cfg.get("pretrained_cfg", {})
-        base.update(family=cfg["architecture"].split("_")[0], modality="image", hub_id=cfg["architecture"],
-                    feature_dim=cfg.get("num_features"), feature_rule="pooled",
-                    image_size=pcfg.get("input_size", (3, 224, 224))[-1],
-                    mean=tuple(pcfg.get("mean", IMAGENET_MEAN)), std=tuple(pcfg.get("std", IMAGENET_STD)),
-                    interpolation=pcfg.get("interpolation", "bicubic"), licence=pcfg.get("license"))
-    elif kind == "open_clip":
-        model_cfg, pre = cfg.get("model_cfg", {}), cfg.get("preprocess_cfg", {})
-        size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
-        base.update(family="openclip", modality="image", feature_dim=model_cfg.get("embed_dim"),
-                    feature_rule="pooled", image_size=size if isinstance(size, int) else size[0],
-                    mean=tuple(pre.get("mean", OPENAI_MEAN)), std=tuple(pre.get("std", OPENAI_STD)))
-    elif kind == "sentence-transformers":
-        max_len = 256
-        sbert = Path(folder) / "sentence_bert_config.json"
-        if sbert.is_file():
-            max_len = json.loads(sbert.read_text()).get("max_seq_length") or max_len
-        base.update(family="sentence-transformer", modality="text", feature_dim=_hidden_size(cfg),
-                    feature_rule="sentence", max_length=max_len)
-    elif kind == "transformers":
-        base.update(family=cfg.get("model_type", "transformers"), modality="text", feature_dim=_hidden_size(cfg),
-                    feature_rule=_rule_for(cfg.get("model_type"), cfg.get("architectures") or ()),
-                    max_length=min(512, cfg.get("max_position_embeddings") or cfg.get("n_positions") or 512))
-    else:
-        raise ValueError(f"{folder} holds bare weights with no config; register it as the weights of a known "
-                         "architecture, e.g. register('resnet50', path=...) or register(name, source='timm', "
-                         "hub_id=<timm name>, path=...)")
-    base["role"] = _guess_role(base.get("params"))
-    return ModelSpec(**{**base, **overrides})
-
-
-# ---------------------------------------------------------------------------------------------
-# Where a model's weights are: files only, no model library imported (zoo.models builds)
-# ---------------------------------------------------------------------------------------------
-class WeightsUnavailable(RuntimeError):
-    """No reachable weights for a model: not in a named folder, the local caches, a pack, or (offline) the hub."""
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    kind: str                    # "folder" | "cache" | "pack" | "hub" | "random"
-    location: str | None = None  # folder or file, where there is one
-
-    def describe(self) -> str:
-        return {"folder": f"folder {self.location}", "cache": f"local cache {self.location}",
-                "pack": f"offline pack {self.location}", "hub": "the hub (download)",
-                "random": "random initialisation"}[self.kind]
-
-
-def library(spec: ModelSpec, folder_kind: str | None = None) -> str:
-    """Which code builds ``spec``: timm, open_clip, transformers or sentence."""
-    if spec.source == "local" and folder_kind:
-        return {"timm": "timm", "open_clip": "open_clip", "transformers": "transformers",
-                "sentence-transformers": "sentence"}.get(folder_kind, "timm" if spec.modality == "image" else
-                                                          "transformers")
-    if spec.source in ("timm", "open_clip", "transformers"):
-        return spec.source
-    if spec.source == "sentence-transformers" or spec.feature_rule == "sentence":
-        return "sentence"
-    if spec.family == "openclip":
-        return "open_clip"
-    return "timm" if spec.modality == "image" else "transformers"
-
-
-_TIMM_FILES = ("model.safetensors", "pytorch_model.bin")
-_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def _hf_cached(spec: ModelSpec) -> str | None:
-    """A file or snapshot folder of ``spec`` in the local Hugging Face cache, or None. Never downloads."""
-    repo = spec.hub_repo
-    if spec.source == "pack" and spec.modality == "image" and spec.hub_id and "/" not in spec.hub_id:
-        repo = f"timm/{spec.hub_id}"
-    if not repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-
-    def find(filename: str) -> str | None:
-        try:
-            found = try_to_load_from_cache(repo, filename)
-        except Exception:
-            return None
-        return found if isinstance(found, str) else None
-
-    lib = library(spec)
-    if lib in ("timm", "open_clip"):
-        for filename in (_OPEN_CLIP_FILES if lib == "open_clip" else _TIMM_FILES):
-            if hit := find(filename):
-                return hit
-        return None
-    config = find("config.json")
-    if config and any(find(f) for f in _HF_WEIGHTS):
-        return str(Path(config).parent)
-    return None
-
-
-def _pack_location(spec: ModelSpec) -> tuple[str | None, str | None]:
-    """(where the pack is, or None; how to get it, or None)."""
-    if not spec.pack:
-        return None, None
-    pack = packs.PACKS.get(spec.pack)
-    if pack is None:
-        return None, None
-    try:
-        return str((pack.check or pack.find)()), None
-    except packs.PackMissing:
-        return None, pack.how_to_get
-
-
-def _unavailable_message(spec: ModelSpec, pack_hint: str | None) -> str:
-    what = spec.hub_id + (f" {spec.pretrained_tag}" if spec.pretrained_tag else "") if spec.hub_id else spec.source
-    repo = spec.hub_repo
-    ways = [f"name a local folder with zoo.register({spec.name!r}, path=DIR) or --weights DIR"]
-    if pack_hint:
-        ways.append(f"install its offline pack ({pack_hint})")
-    ways.append(f"pre-populate the Hugging Face cache (huggingface-cli download {repo})" if repo
-                else "pre-populate the Hugging Face cache")
-    ways.append("or set AFTZOO_OFFLINE=0 to download it from the hub")
-    return _one_line(f"no weights for {spec.name!r} ({spec.source} {what}) on this machine and downloads are off: "
-                     + ", ".join(ways))
-
-
-def resolve_weights(spec: ModelSpec | str, weights: str | Path | None = None) -> WeightsSource:
-    """Where ``spec``'s weights will come from; only looks at files, imports no model library."""
-    spec = get(spec)
-    folder = weights or spec.path
-    if folder:
-        path = Path(folder).expanduser()
-        if not path.exists():
-            raise WeightsUnavailable(f"the weights folder {path} named for {spec.name!r} does not exist")
-        return WeightsSource("folder", str(path.resolve()))
-    if spec.random_init:
-        return WeightsSource("random")
-    if cached := _hf_cached(spec):
-        return WeightsSource("cache", cached)
-    location, hint = _pack_location(spec)
-    if location:
-        return WeightsSource("pack", location)
-    if not get_settings().offline:
-        return WeightsSource("hub")
-    raise WeightsUnavailable(_unavailable_message(spec, hint))
-
-
-def weights_status(spec: ModelSpec | str) -> str | None:
-    """A short word for where ``spec``'s weights are here (folder, cache, pack, random), or None."""
-    spec = get(spec)
-    if spec.path:
-        return "folder" if Path(spec.path).exists() else None
-    if spec.random_init:
-        return "random"
-    if _hf_cached(spec):
-        return "cache"
-    if _pack_location(spec)[0]:
-        return "pack"
-    return None

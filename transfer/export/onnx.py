@@ -145,12 +145,12 @@ def _load_run(run_id: str) -> dict:
 def _build(row: dict):
     from transfer.training.students import build_student
     from zoo.datasets import load_dataset
-    from zoo.registry import UnknownModel, get
+    from zoo.registry import UnknownModel, resolve
 
     cfg = row["config"]
     data = load_dataset(row["dataset"])
     try:
-        spec = get(row["student"])
+        spec = resolve(row["student"], persist=False)
     except UnknownModel:
         raise ExportFailed(f"the student {row['student']!r} of run {row['id']} is not registered here: register it "
                            "again (zoo.register(..., persist=True) records it in the catalog for other processes)"

@@ -12,7 +12,7 @@ from storage.catalog import open_catalog
 from transfer.ranking.scores import hscore, leep, logme, nce, probe_accuracy
 from zoo.datasets import load_dataset
 from zoo.extract import extract_info
-from zoo.registry import get as get_spec
+from zoo.registry import resolve as get_spec
 
 METRICS = ("logme", "leep", "nce", "hscore", "probe")
 DEFAULT_METRICS = ("logme", "leep", "nce", "hscore", "probe")

@@ -48,7 +48,7 @@ from transfer.training.students import Student, build_student
 from zoo.datasets import Dataset, load_dataset
 from zoo.extract import extract_info
 from zoo.prompts import prompt_for
-from zoo.registry import ModelSpec, is_builtin, register
+from zoo.registry import ModelSpec, is_builtin, register, resolve
 from zoo.registry import get as get_spec
 
 BETA_GRID = BETA_GRIDS["aft"]  # AFT's; every method has its own in BETA_GRIDS (beta_grid=None picks it)
@@ -445,7 +445,7 @@ def check_names(cfg: TransferConfig) -> list[ModelSpec]:
     """Fail before any work on a bad data-set, student or teacher name (the errors list valid names), or on a
     student or teacher of another modality than the data set; return the models' specs."""
     modality = load_dataset(cfg.dataset).modality
-    specs = [get_spec(name) for name in [cfg.student, *cfg.teachers]]
+    specs = [resolve(name) for name in [cfg.student, *cfg.teachers]]
     wrong = [f"{'student' if i == 0 else 'teacher'} {s.name} is {'an' if s.modality == 'image' else 'a'} "
              f"{s.modality} model" for i, s in enumerate(specs) if s.modality != modality]
     if wrong:
