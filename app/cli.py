@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from app.output import console, err, fail, human_count, print_json
+from app.output import console, err, fail, human_count, print_json, user_errors
 from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -124,10 +124,8 @@ def demo(limit: int = typer.Option(2000, help="Training snippets to use (test us
     """The smallest end-to-end run: MiniLM features of Rotten Tomatoes, cached in the catalog, and a linear probe."""
     from zoo.demo import run_demo
 
-    try:
+    with user_errors():
         result = run_demo(limit=limit, progress=not as_json)
-    except Exception as exc:  # the demo is a user-facing entry point: one clear line, no traceback
-        fail(f"{type(exc).__name__}: {exc}")
     if as_json:
         print_json(result)
     else:
@@ -239,18 +237,10 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
         fail(f"--split must be train, test or all; got {split!r}")
     from zoo.extract import extract_splits
 
-    results = []
-    try:
+    with user_errors("interrupted; nothing was cached for the unfinished split"):
         results = [r.to_dict() for r in extract_splits(
             model, dataset, ("train", "test") if split == "all" else (split,), limit=limit, batch_size=batch_size,
             device=device, weights=weights, progress=not as_json)]
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was cached for the unfinished split", code=130)
-    except Exception as exc:  # a user-facing entry point: one clear line, no traceback
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        fail(message if type(exc).__name__ in ("UnknownModel", "UnknownDataset", "WeightsUnavailable",
-                                               "ModelLoadError", "PackMissing")
-              else f"{type(exc).__name__}: {message}")
     if as_json:
         print_json(results)
         return

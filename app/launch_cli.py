@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from app.output import console, err, fail, print_json
+from app.output import console, err, fail, print_json, user_errors
 
 LAUNCHABLE = ("extract", "transfer")
 BACKENDS = ("c10d", "static")
@@ -147,7 +147,7 @@ def sweep_cmd(
         as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Try every combination of --beta, --lr and --objective-lr as parallel jobs; print the trials, best first."""
     from transfer.jobs.queue import sweep
-    from transfer.training.trainer import TransferConfig, TransferError
+    from transfer.training.trainer import TransferConfig
 
     grid = {"beta": _numbers("--beta", beta), "lr": _numbers("--lr", lr),
             "objective_lr": _numbers("--objective-lr", objective_lr)}
@@ -156,12 +156,8 @@ def sweep_cmd(
                           method=method, beta=grid["beta"][0], steps=steps, batch_size=batch_size, seed=seed,
                           limit_train=limit_train, limit_test=limit_test, eval_every=eval_every,
                           pretrained=not from_scratch)
-    try:
+    with user_errors("interrupted; the running trials were cancelled and keep their checkpoints"):
         rows = sweep(base, grid, parallel=parallel, holdout_fraction=holdout)
-    except (TransferError, KeyError, ValueError) as exc:
-        fail(str(exc).strip("'\""))
-    except KeyboardInterrupt:
-        fail("interrupted; the running trials were cancelled and keep their checkpoints", code=130)
     best = rows[0] if rows and rows[0]["state"] == "completed" else None
     failed = [r for r in rows if r["state"] != "completed"]
     if as_json:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from storage.errors import AftzooError
 
 console = Console()
 err = Console(stderr=True)
@@ -18,6 +22,22 @@ def fail(message: str, code: int = 1) -> None:
     # would read as markup and fail on.
     err.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
+    """A command's body: aftzoo's own errors (and bad values) as their one line, Ctrl+C as ``interrupted``.
+
+    Anything else is unexpected: still one line, with its type, so that a report can name it.
+    """
+    try:
+        yield
+    except (AftzooError, ValueError) as exc:
+        fail(str(exc) or type(exc).__name__)
+    except KeyboardInterrupt:
+        fail(interrupted, code=130)
+    except Exception as exc:  # noqa: BLE001 - a user-facing entry point: never a traceback
+        fail(f"{type(exc).__name__}: {exc}")
 
 
 def print_json(obj) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.output import fail, print_json
+from app.output import fail, print_json, user_errors
 
 
 def export_cmd(
@@ -23,15 +23,11 @@ def export_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Export a run's student to ONNX (a self-contained folder), checked against PyTorch."""
-    from transfer.export.onnx import ExportFailed, export_run
+    from transfer.export.onnx import export_run
 
-    try:
+    with user_errors():
         result = export_run(run, out=out, opset=opset, quantize=quantize, parity_examples=parity_examples,
                             eval_limit=eval_limit)
-    except ExportFailed as exc:
-        fail(str(exc))
-    except Exception as exc:  # a user-facing entry point: one clear line
-        fail(f"{type(exc).__name__}: {exc}")
     if as_json:
         print_json(result)
     else:
@@ -83,7 +79,7 @@ def predict_cmd(
             predictions.extend(model.predict(items[start:start + 64], top_k=top_k))
     except (runtime.ExportError, runtime.InputError) as exc:
         fail(str(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a user-facing entry point: one line, with the unexpected type
         fail(f"{type(exc).__name__}: {exc}")
     if as_json:
         print_json({"model": model.name, "export": str(model.folder), "provider": model.provider,

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from app.output import console, err, fail, print_json
+from app.output import console, err, fail, print_json, user_errors
 
 
 def _names(csv: str) -> list[str]:
@@ -28,10 +28,8 @@ def rank_cmd(dataset: str = typer.Option(..., "--dataset", "-d", help="Data set 
     """Rank models for a data set with LogME and its peers; every score goes to the catalog."""
     from transfer.ranking import rank
 
-    try:
+    with user_errors():
         frame = rank(dataset, _names(models), _names(metrics), limit=limit, progress=not as_json)
-    except (KeyError, ValueError, RuntimeError) as exc:  # bad names, bad input, weights not available here
-        fail(str(exc).strip("'\""))
     if as_json:
         print_json(frame.to_dict(orient="records"))
         return
@@ -112,8 +110,8 @@ def transfer_cmd(
                      "pretrained": False if from_scratch else None, **settings}
             config = cf.merge(cf.read(config_file) if config_file else {}, given)
             result = run(config, progress=not as_json)
-    except (TransferError, KeyError, ValueError, RuntimeError) as exc:  # incl. weights not available here
-        fail(" ".join(str(exc).strip("'\"").split()))
+    except (TransferError, ValueError) as exc:  # the run's own errors: bad names, bad values, weights not here
+        fail(str(exc))
     events = _export_events(result.run_id)
     if as_json:
         print_json({"run_id": result.run_id, "config": result.config, "status": result.status,

@@ -27,10 +27,11 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
+from storage.errors import AftzooError
 from storage.migrations import MIGRATIONS, SCHEMA_VERSION
 
 
-class CatalogError(RuntimeError):
+class CatalogError(AftzooError, RuntimeError):
     """A catalog that cannot be opened or used as asked."""
 
 

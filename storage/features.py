@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from storage.catalog import Catalog, FeatureSetRow
+from storage.errors import AftzooError
 from storage.files import replace_durably, sweep_temporaries, temporary_name
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(AftzooError, RuntimeError):
     """A feature file that cannot be written or read."""
 
 

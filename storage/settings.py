@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.errors import AftzooError
+
 
 def _default_home() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
             os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
-class SettingsError(ValueError):
+class SettingsError(AftzooError, ValueError):
     """An ``AFTZOO_*`` variable with a value aftzoo cannot use."""
 
 

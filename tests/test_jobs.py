@@ -81,7 +81,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(queue):
 def test_bad_configurations_fail_at_submit_not_in_the_queue(queue):
     with pytest.raises(TransferError, match="unknown method"):
         queue.submit({**BASE, "method": "magic"})
-    with pytest.raises(KeyError, match="unknown model"):
+    with pytest.raises(LookupError, match="unknown model"):
         queue.submit({**BASE, "student": "no-such-student"})
     with pytest.raises(TransferError, match="no run"):
         queue.submit_resume("nope")

@@ -11,7 +11,7 @@ def test_every_pack_is_present_here():
 
 
 def test_unknown_pack_lists_the_known_ones():
-    with pytest.raises(KeyError, match="known packs: minilm-l6"):
+    with pytest.raises(LookupError, match="known packs: minilm-l6"):
         packs.locate("nope")
 
 

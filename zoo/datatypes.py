@@ -13,15 +13,15 @@ from typing import Callable
 
 import numpy as np
 
+from storage.errors import AftzooError
+
 SPLITS = ("train", "test")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 
 
-class UnknownDataset(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
+class UnknownDataset(AftzooError, LookupError):
+    """A data set name that is neither bundled, one of the paper's, nor one of the user's."""
 
 @dataclass
 class Split:

@@ -34,14 +34,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage.errors import AftzooError
 from storage.settings import get_settings, resolve_device
 from zoo import packs
 from zoo.prompts import DEFAULT_PROMPT, fit_prompt, format_prompt
-from zoo.registry import (IMAGENET_MEAN, IMAGENET_STD, ModelSpec, WeightsSource, WeightsUnavailable,  # noqa: F401
-                          get, inspect_folder, library, resolve_weights, weights_status)
+from zoo.registry import (  # noqa: F401
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    WeightsSource,
+    WeightsUnavailable,
+    get,
+    inspect_folder,
+    library,
+    resolve_weights,
+    weights_status,
+)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(AftzooError, RuntimeError):
     """Weights were found but could not be loaded into the model."""
 
 

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from storage.errors import AftzooError
 from storage.settings import get_settings
 
 
-class PackMissing(RuntimeError):
+class PackMissing(AftzooError, RuntimeError):
     """An offline pack that is not installed here."""
+
+
+class UnknownPack(AftzooError, LookupError):
+    """A pack name aftzoo does not know."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ PACKS: dict[str, Pack] = {p.name: p for p in [
 
 def locate(name: str) -> Path:
     if name not in PACKS:
-        raise KeyError(f"unknown pack {name!r}; known packs: {', '.join(PACKS)}")
+        raise UnknownPack(f"unknown pack {name!r}; known packs: {', '.join(PACKS)}")
     pack = PACKS[name]
     try:
         return pack.find()

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.errors import AftzooError
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MODALITIES = ("image", "text")
 ROLES = ("teacher", "student", "both")
@@ -23,11 +25,8 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class UnknownModel(KeyError):
+class UnknownModel(AftzooError, LookupError):
     """A model name the registry does not know."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from storage.catalog import open_catalog
+from storage.errors import AftzooError
 from storage.settings import get_settings
 from zoo.bundled import BUNDLED as DATASETS
 from zoo.datatypes import SPLIT_SEED, TEST_FRACTION, Dataset, Split, UnknownDataset
@@ -34,11 +35,11 @@ META = "meta.json"
 FORMAT = 1
 
 
-class UploadError(ValueError):
+class UploadError(AftzooError, ValueError):
     """An upload (or a data set name) that cannot be imported as asked; the message says what to do."""
 
 
-class DamagedDataset(RuntimeError):
+class DamagedDataset(AftzooError, RuntimeError):
     """An imported data set whose stored files no longer match what was imported."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.errors import AftzooError
 from storage.settings import get_settings
 from zoo import packs
 from zoo.spec import ModelSpec
@@ -18,7 +19,7 @@ def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(AftzooError, RuntimeError):
     """No reachable weights for a model: not in a named folder, the local caches, a pack, or (offline) the hub."""
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from storage.catalog import open_catalog
+from storage.errors import AftzooError
 from storage.settings import get_settings
 from transfer.serving import runtime
 
@@ -50,7 +51,7 @@ FP32_TOLERANCE = 1e-3       # max |logit difference| accepted for a float32 expo
 QUANTIZE = ("int8",)
 
 
-class ExportFailed(RuntimeError):
+class ExportFailed(AftzooError, RuntimeError):
     """A run that cannot be exported; the message says why and what to do."""
 
 

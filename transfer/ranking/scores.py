@@ -27,6 +27,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from storage.errors import AftzooError
+
 __all__ = [
     "InvalidRankingInput",
     "check_features_labels",
@@ -47,7 +49,7 @@ LOGME_MAX_ITER = 1000
 _EDGE = 1e-8
 
 
-class InvalidRankingInput(ValueError):
+class InvalidRankingInput(AftzooError, ValueError):
     """An input array a transferability score cannot use; the message says what was expected."""
 
 

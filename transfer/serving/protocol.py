@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from pydantic import BaseModel, Field
 
+from storage.errors import AftzooError
+
 DEFAULT_TOP_K = 5
 INPUT_NAME = "input"
 TENSOR_INPUT = "pixel_values"
@@ -27,7 +29,7 @@ OUTPUTS = ("probabilities", "logits", "labels", "scores")
 VERSION = "1"
 
 
-class ServeError(Exception):
+class ServeError(AftzooError):
     """A request the server refuses: ``status`` and a message for the client."""
 
     def __init__(self, status: int, message: str):

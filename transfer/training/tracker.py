@@ -12,10 +12,11 @@ import math
 from pathlib import Path
 
 from storage.catalog import open_catalog
+from storage.errors import AftzooError
 from storage.settings import get_settings
 
 
-class TrackerUnavailable(RuntimeError):
+class TrackerUnavailable(AftzooError, RuntimeError):
     """The tracker's package is not installed."""
 
 
