@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export AFTZOO_OFFLINE ?= 1
 
-.PHONY: app test test-slow install install-test bench
+.PHONY: app test test-slow lint install install-test bench
 
 app: install
 	$(VENV)/bin/aftzoo app
@@ -13,6 +13,10 @@ test: install-test
 
 test-slow: install-test
 	$(PY) -m pytest -q -m slow
+
+# The linter CI runs before the tests (rules in pyproject.toml).
+lint: install-test
+	$(VENV)/bin/ruff check .
 
 install:
 	VENV=$(VENV) scripts/install.sh

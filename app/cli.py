@@ -6,11 +6,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+# Commands kept in their own modules; the serving ones must not import torch (predict runs without it).
+from app.data_cli import add_dataset_cmd, remove_dataset_cmd
+from app.launch_cli import PASS_THROUGH, launch_cmd, sweep_cmd
 from app.output import console, err, fail, human_count, print_json, user_errors
+from app.serving_cli import export_cmd, predict_cmd, serve_cmd
+from app.transfer_cli import cancel_cmd, rank_cmd, runs_cmd, transfer_cmd
 from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="aftzoo: rank a zoo of foundation models and transfer them into small students.")
+
+
 def _version() -> str:
     import importlib.metadata
 
@@ -249,12 +256,6 @@ def extract(model: str = typer.Option(..., "--model", "-m", help="Model name (se
         console.print(f"{r['model']} on {r['dataset']}/{r['split']}: {r['shape'][0]} x {r['shape'][1]} features, "
                       f"{r['seconds']:.2f}s, {how}", highlight=False, soft_wrap=True)
 
-
-# Commands kept in their own modules; the serving ones must not import torch (predict runs without it).
-from app.data_cli import add_dataset_cmd, remove_dataset_cmd
-from app.launch_cli import PASS_THROUGH, launch_cmd, sweep_cmd  # noqa: E402
-from app.serving_cli import export_cmd, predict_cmd, serve_cmd  # noqa: E402
-from app.transfer_cli import cancel_cmd, rank_cmd, runs_cmd, transfer_cmd  # noqa: E402
 
 app.command("rank")(rank_cmd)
 app.command("transfer")(transfer_cmd)

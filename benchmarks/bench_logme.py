@@ -68,7 +68,9 @@ def logme_per_class(features: np.ndarray, labels: np.ndarray) -> tuple[float, li
         y = (labels == c).astype(np.float64)
         Vt_Fty = Vt @ (F.T @ y)
         alpha, beta = 1.0, 1.0
-        for it in range(1, _scores.LOGME_MAX_ITER + 1):
+        it = 0
+        while it < _scores.LOGME_MAX_ITER:
+            it += 1
             gamma = np.sum(beta * sigma2 / (alpha + beta * sigma2))
             m = beta * (V @ (Vt_Fty / (alpha + beta * sigma2)))
             mm = m @ m

@@ -446,7 +446,7 @@ def test_imported_sets_extract_and_rank_downstream(home, tmp_path, clean_registr
     # Two colours with noise: classes a random network can still tell apart.
     rng = np.random.default_rng(0)
     entries = {}
-    for k, (c, base) in enumerate((("red", (200, 30, 30)), ("blue", (30, 30, 200)))):
+    for c, base in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
         for i in range(15):
             arr = np.clip(np.array(base) + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
             buf = io.BytesIO()

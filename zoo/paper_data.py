@@ -178,7 +178,7 @@ def _load_folders(name: str, download: bool = False) -> Dataset:
     for split in ("train", "test"):
         ds = _torchvision(name, split, download)
         # torchvision keeps each set's file list and labels; the images are decoded only when read.
-        paths = getattr(ds, "_image_files", None) or getattr(ds, "_images")
+        paths = getattr(ds, "_image_files", None) or ds._images
         splits[split] = Split(ImageFiles(paths), np.asarray(ds._labels, dtype=np.int64))
         classes = list(getattr(ds, "classes", None) or [str(i + 1) for i in range(int(max(ds._labels)) + 1)])
     return Dataset(name, "image", classes, splits, source="torchvision", description=PAPER[name].description)
