@@ -37,7 +37,7 @@ import numpy as np
 
 def start_app(home: Path, jobs: int) -> tuple[subprocess.Popen, str, Path]:
     from storage.settings import Settings
-    from tests.conftest import start_app as start_app_process  # the tests' launcher: one way to start the app
+    from tests.helpers import start_app as start_app_process  # the tests' launcher: one way to start the app
 
     env = {"AFTZOO_JOBS": str(jobs), "AFTZOO_PACKS": str(Settings().packs_dir)}
     return start_app_process(home, env=env, timeout=180)

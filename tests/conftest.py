@@ -1,20 +1,16 @@
-"""Every test runs against a throw-away AFTZOO_HOME; offline packs are shared read-only."""
+"""Fixtures: every test runs against a throw-away AFTZOO_HOME; offline packs are shared read-only.
+
+Plain helpers that tests import live in tests/helpers.py.
+"""
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from storage.settings import Settings, reset_settings
+from tests.helpers import exported, start_app, stop
 
-REPO = Path(__file__).resolve().parents[1]
-AFTZOO = str(Path(sys.executable).with_name("aftzoo"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,85 +51,11 @@ def clean_registry():
     registry._USER.update(saved)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
-    """Run the installed ``aftzoo`` console script in a subprocess, as a user would."""
-    import subprocess
-
-    return subprocess.run([AFTZOO, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-
 @pytest.fixture(scope="module")
 def models():
     """An image and a text student, trained briefly and exported (once per session): what the server tests serve."""
-    from tests.test_export import exported
-
     image, text = exported("image"), exported("text")
     return {"image": image["name"], "text": text["name"], "image_dir": image["path"], "text_dir": text["path"]}
-
-
-@contextlib.contextmanager
-def serve_in_thread(app, log_level: str = "warning"):
-    """``app`` (ASGI) served by uvicorn in a thread on a free loopback port; yields the port, stops on exit."""
-    from app.serve import build_server
-
-    # The socket is bound here, not by uvicorn, so the port is known before the server starts.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    srv = build_server(app, "127.0.0.1", port, log_level=log_level, access_log=False)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-    assert not thread.is_alive(), "the server did not stop"
-
-
-def start_app(home: Path, *args: str, env: dict | None = None, timeout: float = 120):
-    """Start ``aftzoo app`` on a free port in its own process; return (process, url, log path) once it listens."""
-    import subprocess
-    import time
-
-    port = free_port()
-    log = home / f"app-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([AFTZOO, "app", "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "AFTZOO_HOME": str(home), **(env or {})}, cwd=REPO)
-    deadline = time.monotonic() + timeout
-    while "aftzoo app on" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the app did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.3)
-    return proc, f"http://127.0.0.1:{port}/", log
-
-
-def stop(proc) -> None:
-    import subprocess
-
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +67,6 @@ def app_server(tmp_path_factory):
     stop(proc)
 
 
-ARTIFACTS = REPO / "test-artifacts"  # screenshots of failed browser tests (git-ignored)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -104,7 +104,7 @@ def _snippets_answer(snippets: str, export: str, tmp_path: Path) -> None:
     import sys
 
     from app.serve import create_app
-    from tests.conftest import serve_in_thread
+    from tests.helpers import serve_in_thread
 
     shell, python = re.findall(r"```(?:bash|python)\n(.*?)```", snippets, re.S)
     Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))).save(tmp_path / "my.png")

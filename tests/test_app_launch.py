@@ -1,7 +1,7 @@
 """How ``aftzoo app`` starts: loopback by default, a warning when exposed without a login, the opt-in login."""
 import httpx
 
-from tests.conftest import run_cli, start_app, stop
+from tests.helpers import run_cli, start_app, stop
 
 PASSWORD = "s3cret-Pa55-word"
 

@@ -28,7 +28,7 @@ from app.cli import app as cli
 from app.serve import create_app
 from storage.catalog import open_catalog
 from storage.features import FeatureKey, FeatureStore
-from tests.conftest import AFTZOO, serve_in_thread
+from tests.helpers import AFTZOO, serve_in_thread
 from transfer.serving import runtime
 
 MAX_BODY = 256 * 1024

@@ -2,7 +2,7 @@ import json
 
 from storage.catalog import Catalog
 from storage.settings import get_settings
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_help_lists_commands():

@@ -20,7 +20,7 @@ import zoo
 from app.launch_cli import torchrun_command
 from storage.catalog import open_catalog
 from storage.settings import reset_settings
-from tests.conftest import AFTZOO, REPO, run_cli
+from tests.helpers import AFTZOO, REPO, run_cli
 from transfer.training import trainer
 
 TEACHER, STUDENT = "efficientnet-lite0", "resnet18-small"

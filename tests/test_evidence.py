@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.evidence import common
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_mean_se_is_the_sample_standard_error():

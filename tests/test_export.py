@@ -2,7 +2,6 @@
 parity with PyTorch, `aftzoo predict` where torch cannot be imported, tampering, int8."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -16,37 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-import zoo
 from storage.catalog import open_catalog
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, exported, run_cli, trained_run
 from transfer.serving import runtime
 from transfer.export.onnx import ExportFailed, export_run, list_exports
-from transfer.training.trainer import TransferConfig, run
 from zoo.datasets import load_dataset
 from zoo.models import random_spec
-
-IMAGE_STUDENT = "test-export-resnet"
-
-
-@functools.lru_cache(maxsize=None)
-def trained_run(kind: str) -> str:
-    """One short real training run per modality, shared by this module and test_serve."""
-    if kind == "image":
-        # persist=True records the spec in the catalog, so `aftzoo export` in another process rebuilds it.
-        zoo.register(random_spec("resnet", name=IMAGE_STUDENT, hub_id="test_resnet", image_size=32),
-                     overwrite=True, persist=True)
-        cfg = TransferConfig(dataset="digits", student=IMAGE_STUDENT, method="stl", teachers=[], steps=12, lr=1e-2,
-                             batch_size=32, limit_train=192, limit_test=96)
-    else:
-        cfg = TransferConfig(dataset="rotten_tomatoes", student="minilm-l6", method="stl", teachers=[], steps=2,
-                             lr=5e-5, batch_size=16, limit_train=32, limit_test=16)
-    return run(cfg, progress=False).run_id
-
-
-@functools.lru_cache(maxsize=None)
-def exported(kind: str) -> dict:
-    return export_run(trained_run(kind))
-
 
 def _no_torch(*args: str) -> subprocess.CompletedProcess:
     """The CLI in a fresh interpreter in which `import torch` fails."""

@@ -28,7 +28,7 @@ from storage.catalog import Catalog, CatalogError, migrate, open_catalog
 from storage.features import FeatureKey, FeatureStore
 from storage.migrations import MIGRATIONS, SCHEMA_VERSION
 from storage.settings import get_settings
-from tests.conftest import AFTZOO, REPO, run_cli
+from tests.helpers import AFTZOO, REPO, run_cli
 
 STUDENT = "faults-tiny-resnet"
 REGISTER = ("import zoo; from zoo.models import random_spec; zoo.register(random_spec('resnet', name="

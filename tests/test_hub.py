@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import zoo
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from zoo import hub, registry
 from zoo.models import load
 from zoo.registry import UnknownModel, WeightsUnavailable

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from zoo import paper_data
 from zoo.datasets import describe, list_datasets, load_dataset
 from zoo.paper_data import DataMissing

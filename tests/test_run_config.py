@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from transfer.training import config_file as cf
 from transfer.training.trainer import TransferConfig, TransferError
 

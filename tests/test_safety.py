@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, file_checksum
-from tests.conftest import AFTZOO, REPO, run_cli
-from tests.test_export import exported
+from tests.helpers import AFTZOO, REPO, run_cli
+from tests.helpers import exported
 from transfer.serving import runtime
 
 SOURCES = ["app", "storage", "transfer", "zoo"]

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from app.serve import create_app, load_models, warn_if_exposed
-from tests.conftest import REPO, serve_in_thread
+from tests.helpers import REPO, serve_in_thread
 from transfer.serving import runtime
 from zoo.datasets import load_dataset
 

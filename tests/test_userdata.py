@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from storage.catalog import open_catalog
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from zoo import userdata, userstore
 from zoo.datasets import UnknownDataset, describe, list_datasets, load_dataset
 from zoo.userdata import (

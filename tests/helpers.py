@@ -1,0 +1,106 @@
+"""Helpers the tests share: the CLI as a user runs it, servers on loopback, the app in its own process,
+and one short trained and exported run per modality."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+AFTZOO = str(Path(sys.executable).with_name("aftzoo"))
+ARTIFACTS = REPO / "test-artifacts"  # screenshots of failed browser tests (git-ignored)
+IMAGE_STUDENT = "test-export-resnet"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
+    """Run the installed ``aftzoo`` console script in a subprocess, as a user would."""
+    return subprocess.run([AFTZOO, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, log_level: str = "warning"):
+    """``app`` (ASGI) served by uvicorn in a thread on a free loopback port; yields the port, stops on exit."""
+    from app.serve import build_server
+
+    # The socket is bound here, not by uvicorn, so the port is known before the server starts.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    srv = build_server(app, "127.0.0.1", port, log_level=log_level, access_log=False)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"
+
+
+def start_app(home: Path, *args: str, env: dict | None = None, timeout: float = 120):
+    """Start ``aftzoo app`` on a free port in its own process; return (process, url, log path) once it listens."""
+    port = free_port()
+    log = home / f"app-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([AFTZOO, "app", "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "AFTZOO_HOME": str(home), **(env or {})}, cwd=REPO)
+    deadline = time.monotonic() + timeout
+    while "aftzoo app on" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the app did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.3)
+    return proc, f"http://127.0.0.1:{port}/", log
+
+
+def stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@functools.lru_cache(maxsize=None)
+def trained_run(kind: str) -> str:
+    """One short real training run per modality, shared by the export, serving and safety tests."""
+    import zoo
+    from transfer.training.trainer import TransferConfig, run
+    from zoo.models import random_spec
+
+    if kind == "image":
+        # persist=True records the spec in the catalog, so `aftzoo export` in another process rebuilds it.
+        zoo.register(random_spec("resnet", name=IMAGE_STUDENT, hub_id="test_resnet", image_size=32),
+                     overwrite=True, persist=True)
+        cfg = TransferConfig(dataset="digits", student=IMAGE_STUDENT, method="stl", teachers=[], steps=12, lr=1e-2,
+                             batch_size=32, limit_train=192, limit_test=96)
+    else:
+        cfg = TransferConfig(dataset="rotten_tomatoes", student="minilm-l6", method="stl", teachers=[], steps=2,
+                             lr=5e-5, batch_size=16, limit_train=32, limit_test=16)
+    return run(cfg, progress=False).run_id
+
+
+@functools.lru_cache(maxsize=None)
+def exported(kind: str) -> dict:
+    from transfer.export.onnx import export_run
+
+    return export_run(trained_run(kind))
