@@ -23,7 +23,7 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
 else
     ORT_EXTRA=cpu
 fi
-EXTRAS=$ORT_EXTRA
+EXTRAS=train,$ORT_EXTRA
 [ $WITH_TEST = 1 ] && EXTRAS="$EXTRAS,test"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
