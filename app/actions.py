@@ -102,9 +102,10 @@ def on_student(name, student, shown):
 
 
 def on_method(method):
-    """STL trains on labels alone: no teacher to tick, no teacher weight to set."""
+    """STL trains on labels alone: no teacher to tick, no teacher weight to set; the others offer their own grid."""
     uses_teachers = method != "stl"
-    return gr.update(interactive=uses_teachers), gr.update(interactive=uses_teachers), ""
+    return (gr.update(interactive=uses_teachers),
+            gr.update(interactive=uses_teachers, choices=views.beta_choices(method)), "")
 
 
 def rank_teachers(name, models, chosen, limit, shown, student, progress=gr.Progress()):

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from app.output import console, err, fail, print_json, user_errors
+from storage.errors import AftzooError
 
 
 def _names(csv: str) -> list[str]:
@@ -110,7 +111,7 @@ def transfer_cmd(
                      "pretrained": False if from_scratch else None, **settings}
             config = cf.merge(cf.read(config_file) if config_file else {}, given)
             result = run(config, progress=not as_json)
-    except (TransferError, ValueError) as exc:  # the run's own errors: bad names, bad values, weights not here
+    except (AftzooError, TransferError, ValueError) as exc:  # bad names, bad values, weights not here
         fail(str(exc))
     events = _export_events(result.run_id)
     if as_json:

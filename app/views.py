@@ -61,9 +61,11 @@ def transfer_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(TransferConfig) if f.default is not dataclasses.MISSING}
 
 
-def beta_choices() -> list[str]:
-    """'auto' and the beta grid the search tries, as the beta picker offers them."""
-    return ["auto", *(f"{b:g}" for b in transfer_defaults()["beta_grid"])]
+def beta_choices(method: str | None = None) -> list[str]:
+    """'auto' and the beta grid the search tries for ``method`` (each regulariser has its own scale)."""
+    from transfer.training.objectives import BETA_GRIDS
+
+    return ["auto", *(f"{b:g}" for b in BETA_GRIDS.get(method or transfer_defaults()["method"], ()))]
 
 
 def series_colors(frame: pd.DataFrame, column: str = "series") -> dict[str, str]:
