@@ -111,7 +111,7 @@ def test_text_truncation_matches_the_student_tokenisation():
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_image_preprocessing_matches_torch_for_any_size(interpolation):
-    from zoo.models import ImageFeatureModel
+    from zoo.feature_models import ImageFeatureModel
     from zoo.registry import WeightsSource
 
     spec = random_spec("resnet", name="prep-check", image_size=32).replace(interpolation=interpolation,

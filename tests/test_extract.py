@@ -18,7 +18,8 @@ import zoo
 from storage.catalog import open_catalog
 from zoo import registry
 from zoo.datasets import Dataset, Split
-from zoo.models import WeightsUnavailable, build_random, last_token_index, load
+from zoo.feature_models import last_token_index
+from zoo.models import WeightsUnavailable, build_random, load
 from zoo.prompts import prompt_for
 
 extract_module = importlib.import_module("zoo.extract")  # `zoo.extract` itself is the function

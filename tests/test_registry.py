@@ -60,7 +60,8 @@ def test_feature_rules_follow_the_paper(name, family, rule, dim):
 
 def test_every_entry_is_complete():
     for spec in (zoo.get(name) for name in zoo.list_models() if registry.is_builtin(name)):
-        assert spec.params and spec.params > 1e6, spec.name
+        # the tiny students (zoo/tiny.py) are small on purpose: a quarter of a million parameters and up
+        assert spec.params and spec.params > (1e5 if spec.family == "tiny" else 1e6), spec.name
         assert spec.feature_dim and spec.licence and spec.description, spec.name
         if spec.modality == "image":
             assert spec.image_size and len(spec.mean) == len(spec.std) == 3
@@ -242,7 +243,8 @@ def test_noise_spec_is_a_valid_random_teacher_and_bad_ones_are_refused():
 
 
 def test_noise_features_are_a_fixed_random_function_of_each_example():
-    from zoo.models import NoiseFeatureModel, load
+    from zoo.feature_models import NoiseFeatureModel
+    from zoo.models import load
 
     spec = registry.noise_spec(64, "text")
     fm = load(spec)

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from zoo import packs
-from zoo.models import ImageFeatureModel, ModelLoadError, TextFeatureModel, _tokenizer
+from zoo.feature_models import ImageFeatureModel, TextFeatureModel
+from zoo.models import ModelLoadError, _tokenizer
 from zoo.registry import ModelSpec, WeightsSource
 
 ARCHITECTURES = ("embedding_bag", "transformer", "cnn")

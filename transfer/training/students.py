@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from zoo.models import FeatureModel, load
+from zoo.feature_models import FeatureModel
+from zoo.models import load
 from zoo.registry import ModelSpec, get
 
 # Rows per length bucket of a text batch (see ``Student``); 0 = the old single padded batch. Measured on 64 Rotten
