@@ -197,6 +197,13 @@ METHODS = {
 }
 
 
+# Provisional per-method beta grids for the build flow (transfer.build); the integrator replaces this with the
+# measured grids. The regularisers' scales differ: KD's is ~1e-3 of the cross-entropy here, FT's ~20x it
+# (docs/evidence/EVIDENCE.md), so one grid for all does not work. STL has no beta.
+BETA_GRIDS: dict[str, tuple[float, ...]] = {"stl": (), "kd": (1.0, 10.0, 100.0, 1000.0), "aft": (0.1, 1.0, 10.0),
+                                            "ft": (0.01, 0.1, 1.0)}
+
+
 def make_objective(method: str, student_dim: int, teacher_dim: int, **kwargs) -> Objective:
     """Build the objective ``method`` for the given feature widths; unknown names list the valid ones."""
     if method not in METHODS:
