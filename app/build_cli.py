@@ -65,13 +65,13 @@ def _bar():
     """A progress bar on stderr with the stage, and the time left estimated from measured step times."""
     from tqdm import tqdm
 
-    bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% {postfix}", file=None)
+    bar = tqdm(total=100, bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
 
     def update(state: dict) -> None:
         bar.n = round(100 * state["fraction"], 1)
         eta = state.get("eta_seconds")
-        bar.set_description(state["stage"])
-        bar.set_postfix_str(("" if eta is None else f"about {eta / 60:.1f} min left; ") + state.get("message", ""))
+        left = "" if eta is None or state.get("done") else f"about {eta / 60:.1f} min left; "
+        bar.set_description_str(f"{state['stage']}: {left}{state.get('message', '')}"[:120])
         if state.get("done"):
             bar.close()
 

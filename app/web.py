@@ -96,6 +96,9 @@ def build(queue: JobQueue) -> gr.Blocks:
         dataset = gr.Dropdown(names, value=first, label="Data set", info="Every page works on this data set.",
                               elem_id="dataset")
 
+        from app.build_page import build_tab  # the front page: the whole flow behind one button
+        build_tab(dataset)
+
         # -- 1. Data -------------------------------------------------------------------------
         with gr.Tab("1. Data", id="data"):
             summary = gr.Markdown(elem_id="data-summary")

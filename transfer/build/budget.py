@@ -17,6 +17,7 @@ DEGRADATION_ORDER = (
     "fewer teachers (the lowest ranked first, down to one)",
     "fewer steps (halved, down to MIN_EPOCHS epochs of the hold-out split)",
     "fewer methods (the last listed first; STL always stays, with at least one teacher method)",
+    "fewer training examples (down to those ranked, whose teacher features are already extracted)",
 )
 MIN_EPOCHS = 2
 # Allowances for the steps that are not training, measured on this project's 2-core machine with the
@@ -29,12 +30,20 @@ SAFETY = 1.15  # evaluations, process starts and catalog writes on top of the ti
 
 @dataclass
 class Costs:
-    """Measured prices: seconds per training step, per-teacher extraction seconds still to pay, epoch sizes."""
+    """Measured prices: seconds per training step, and per teacher seconds per extracted example."""
 
     step_seconds: float
-    steps_per_epoch_trial: int
-    steps_per_epoch_final: int
-    extract_seconds: dict[str, float] = field(default_factory=dict)
+    batch_size: int
+    holdout_fraction: float
+    extract_per_example: dict[str, float] = field(default_factory=dict)
+    ranked_examples: int | None = None   # the teachers' features of the first N examples are already cached
+
+    def steps_per_epoch(self, n: int, final: bool) -> int:
+        fit = n if final else n - math.ceil(self.holdout_fraction * n)
+        return math.ceil(fit / min(self.batch_size, n))
+
+    def extract_seconds(self, teacher: str, n: int) -> float:
+        return 0.0 if n == self.ranked_examples else self.extract_per_example.get(teacher, 0.0) * n
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Plan:
     betas: dict[str, list[float]]            # per regularised method
     teachers: list[str]                      # best ranked first
     steps: int
+    examples: int                            # training examples used (the first N of the training split)
     degraded: list[str] = field(default_factory=list)
     estimate_seconds: float | None = None
     fits: bool = True
@@ -67,9 +77,9 @@ def whole_epochs(steps: int, per_epoch: int) -> int:
 
 def estimate(plan: Plan, costs: Costs) -> float:
     """Seconds the plan still needs: extraction of its teachers' features, every trial, the final run, export."""
-    trial = whole_epochs(plan.steps, costs.steps_per_epoch_trial) * costs.step_seconds
-    final = whole_epochs(plan.steps, costs.steps_per_epoch_final) * costs.step_seconds
-    extract = sum(costs.extract_seconds.get(t, 0.0) for t in plan.teachers)
+    trial = whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, False)) * costs.step_seconds
+    final = whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, True)) * costs.step_seconds
+    extract = sum(costs.extract_seconds(t, plan.examples) for t in plan.teachers)
     fixed = EXPORT_SECONDS + LATENCY_SECONDS_PER_TEACHER * len(plan.teachers)
     return SAFETY * (len(plan.trials()) * trial + final) + extract + fixed
 
@@ -95,7 +105,7 @@ def _drop_one_teacher(plan: Plan) -> bool:
 
 
 def _halve_steps(plan: Plan, costs: Costs) -> bool:
-    floor = MIN_EPOCHS * costs.steps_per_epoch_trial
+    floor = MIN_EPOCHS * costs.steps_per_epoch(plan.examples, False)
     if plan.steps <= floor:
         return False
     plan.steps = max(floor, plan.steps // 2)
@@ -113,11 +123,20 @@ def _drop_one_method(plan: Plan) -> bool:
     return True
 
 
+def _fewer_examples(plan: Plan, costs: Costs) -> bool:
+    if costs.ranked_examples is None or plan.examples <= costs.ranked_examples or not plan.teachers:
+        return False
+    plan.examples = costs.ranked_examples
+    plan.degraded.append(f"the first {plan.examples:,} training examples (those ranked)")
+    return True
+
+
 def fit(plan: Plan, costs: Costs, seconds: float | None) -> Plan:
     """The plan shrunk, in ``DEGRADATION_ORDER``, until its estimate fits ``seconds`` (None: no budget)."""
     plan = Plan.from_dict(plan.to_dict())
     if seconds is not None:
-        for shrink in (_drop_one_beta, _drop_one_teacher, lambda p: _halve_steps(p, costs), _drop_one_method):
+        for shrink in (_drop_one_beta, _drop_one_teacher, lambda p: _halve_steps(p, costs), _drop_one_method,
+                       lambda p: _fewer_examples(p, costs)):
             while estimate(plan, costs) > seconds and shrink(plan):
                 pass
     plan.estimate_seconds = round(estimate(plan, costs), 1)

@@ -112,10 +112,15 @@ def _transfer_config(cfg: BuildConfig, r: dict, plan: budget.Plan, method: str, 
         **cfg.extra, "dataset": cfg.dataset, "student": r["student"],
         "teachers": [] if method == "stl" else list(plan.teachers), "method": method,
         "beta": 0.0 if beta is None else float(beta), "steps": steps, "lr": r["lr"], "batch_size": r["batch_size"],
-        "seed": cfg.seed, "pretrained": r["pretrained"], "limit_train": cfg.limit_train,
+        "seed": cfg.seed, "pretrained": r["pretrained"], "limit_train": _limit(cfg, r, plan),
         "limit_test": cfg.limit_test, "holdout_fraction": cfg.holdout_fraction if holdout else 0.0,
         "eval_every": max(1, steps // 4), "log_every": max(1, min(10, steps // 10)), "checkpoint_every": every,
         "device": cfg.device, "parent": parent})
+
+
+def _limit(cfg: BuildConfig, r: dict, plan: budget.Plan) -> int | None:
+    """The trainer's limit_train for the plan: the user's, or the examples the budget kept."""
+    return cfg.limit_train if plan.examples >= r["n_train"] else plan.examples
 
 
 def _run_id(build_id: str, method: str, beta: float | None, final: bool = False) -> str:
@@ -180,11 +185,10 @@ def _plan(cfg: BuildConfig, r: dict, clock: budget.Clock, status: Status) -> dic
     chosen = [row["model"] for row in ranking][:cfg.top_k]
     status.update(stage="plan", fraction=0.1, message="timing training steps of the student")
     step_s = _step_seconds(cfg, r)
-    n_fit = r["n_train"] - math.ceil(cfg.holdout_fraction * r["n_train"])
-    costs = budget.Costs(step_s, math.ceil(n_fit / r["batch_size"]), math.ceil(r["n_train"] / r["batch_size"]),
-                         {t: per_example[t] * r["n_train"] for t in chosen})
+    ranked = int(ranking[0]["n"]) if ranking else None
+    costs = budget.Costs(step_s, r["batch_size"], cfg.holdout_fraction, {t: per_example[t] for t in chosen}, ranked)
     methods = r["methods"] if chosen else ["stl"]
-    full = budget.Plan(methods, {m: r["grids"][m] for m in methods if m != "stl"}, chosen, cfg.steps)
+    full = budget.Plan(methods, {m: r["grids"][m] for m in methods if m != "stl"}, chosen, cfg.steps, r["n_train"])
     plan = budget.fit(full, costs, clock.left())
     return {"resolved": r, "ranking": ranking, "costs": dataclasses.asdict(costs), "plan": plan.to_dict(),
             "planned_at_seconds": round(clock.elapsed(), 1)}
@@ -309,7 +313,7 @@ def choose(candidates: list[dict]) -> tuple[dict, str]:
 
 
 def _candidates(cfg: BuildConfig, build_id: str, plan: budget.Plan, how: dict, r: dict) -> list[dict]:
-    n_hold = math.ceil(cfg.holdout_fraction * r["n_train"])
+    n_hold = math.ceil(cfg.holdout_fraction * plan.examples)
     out = []
     with open_catalog() as cat:
         rows = {_run_id(build_id, m, b): cat.get_run(_run_id(build_id, m, b)) for m, b in plan.trials()}
@@ -449,10 +453,10 @@ def _build(cfg: BuildConfig, build_id: str, folder: Path, clock: budget.Clock, s
     data = load_dataset(cfg.dataset)
     for i, teacher in enumerate(plan.teachers):  # once here: the parallel trials then read the cache
         status.update(stage="features", fraction=0.1 + 0.1 * i / len(plan.teachers),
-                      message=f"features of {teacher} for {r['n_train']:,} training examples")
-        extract_info(teacher, data, "train", limit=cfg.limit_train, device=cfg.device, progress=False)
+                      message=f"features of {teacher} for {plan.examples:,} training examples")
+        extract_info(teacher, data, "train", limit=_limit(cfg, r, plan), device=cfg.device, progress=False)
 
-    final_steps = budget.whole_epochs(plan.steps, costs.steps_per_epoch_final)
+    final_steps = budget.whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, True))
     reserve = (budget.SAFETY * final_steps * costs.step_seconds + budget.EXPORT_SECONDS
                + budget.LATENCY_SECONDS_PER_TEACHER * len(plan.teachers))
     rate = budget.StepRate(costs.step_seconds)

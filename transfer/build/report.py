@@ -69,7 +69,7 @@ def markdown(s: dict) -> str:
     no_teacher = s["chosen"]["method"] == "stl"
     lines = [f"# Report card: {s['dataset']} -> {s['resolved']['student']}", "",
              f"**Built:** {s['chosen']['label']}" + ("" if no_teacher else f" with {', '.join(f['teachers'])}")
-             + f", retrained on all {s['resolved']['n_train']:,} training examples: **test accuracy "
+             + f", retrained on all {s['plan']['examples']:,} training examples: **test accuracy "
              f"{pct(f['test_accuracy'])}**. STL's trial: {pct(s['stl_test_accuracy'])} on the test split.", "",
              f"**Why:** {s['why']}", ""]
     if no_teacher:
