@@ -31,6 +31,11 @@ def build_cmd(
         as_json: bool = typer.Option(False, "--json", help="The build's summary as one JSON object on stdout.")) -> None:
     """Build a small model: rank teachers, choose method and beta on a hold-out (STL always a candidate), retrain
     the winner on all data, export it (int8 when within tolerance) and write a report card."""
+    import os
+
+    # Before torch loads: on shared, oversubscribed cores, spinning OpenMP threads made the steps and the feature
+    # extraction several times slower (see transfer.jobs.queue.worker_environment, which sets it for the trials).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from transfer.build.config import BuildConfig, read_toml
     from transfer.build.flow import run_build
     from transfer.training.trainer import TransferError
