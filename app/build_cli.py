@@ -22,7 +22,7 @@ def build_cmd(
         top_k: Optional[int] = typer.Option(None, "--top-k", help="Teachers kept after ranking (default 2)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="Candidates, e.g. stl,kd,aft (STL always)."),
         budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Bound the whole flow."),
-        parallel: Optional[int] = typer.Option(None, "--parallel", help="Trials at once (default AFTZOO_JOBS)."),
+        parallel: Optional[int] = typer.Option(None, "--parallel", help="Trials at once (default: one per core, up to 4)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Training steps of each run (default: the "
                                             "trainer's; a budget lowers it)."),
         limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use the first N training examples."),

@@ -114,7 +114,7 @@ def build_tab(dataset: gr.Dropdown) -> None:
         with gr.Row():
             top_k = gr.Number(2, precision=0, minimum=1, label="Teachers kept after ranking", elem_id="build-top-k")
             budget = gr.Number(10, minimum=0, label="Budget, minutes (0: none)", elem_id="build-budget")
-            parallel = gr.Number(0, precision=0, minimum=0, label="Trials at once (0: AFTZOO_JOBS)",
+            parallel = gr.Number(0, precision=0, minimum=0, label="Trials at once (0: one per core, up to 4)",
                                  elem_id="build-parallel")
         with gr.Accordion("Smaller and faster (for a first look)", open=False):
             with gr.Row():
@@ -131,9 +131,9 @@ def build_tab(dataset: gr.Dropdown) -> None:
         with gr.Row():
             download = gr.File(label="The export (zip)", elem_id="build-zip", interactive=False)
             serve = gr.Markdown(elem_id="build-serve")
-        build_id = gr.State(None)
+        build_id = gr.Textbox(visible=False, elem_id="build-id")  # not a State: API clients get it back
         timer = gr.Timer(2.0, active=False)
-        api_id, api_poll = gr.Textbox(visible=False), gr.Button(visible=False)
+        api_poll = gr.Button(visible=False)
 
     def on_dataset(name):
         k = views.modality(name) if name else "image"
@@ -147,4 +147,4 @@ def build_tab(dataset: gr.Dropdown) -> None:
                            limit_test], [build_id, status, bar, timer], api_name="build")
     outputs = [bar, status, card, download, serve]
     timer.tick(poll, build_id, [*outputs, timer], show_progress="hidden", api_name=False)
-    api_poll.click(build_status, api_id, outputs, api_name="build_status")
+    api_poll.click(build_status, build_id, outputs, api_name="build_status")

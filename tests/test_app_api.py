@@ -130,8 +130,8 @@ def test_the_app_binds_to_loopback_and_says_so(app_server):
 def test_build_a_small_model_through_the_api(client):
     import time
 
-    build_id, status, bar = client.predict("digits", "resnet18-small", ["efficientnet-lite0"], 1, ["stl", "kd"], 0, 2,
-                                           4, 100, 64, api_name="/build")
+    build_id, status, bar, _timer = client.predict("digits", "resnet18-small", ["efficientnet-lite0"], 1,
+                                                   ["stl", "kd"], 0, 2, 4, 100, 64, api_name="/build")
     assert build_id and build_id.startswith("build-digits-"), status
     deadline = time.monotonic() + 900
     while True:
@@ -142,6 +142,3 @@ def test_build_a_small_model_through_the_api(client):
     assert status.startswith("Built"), status
     assert "Report card: digits -> resnet18-small" in card and "int8 decision" in card
     assert zip_file.endswith(".zip") and "aftzoo serve" in serve
-    status = client.predict("digits", "resnet18-small", ["no-such-teacher"], 1, ["stl", "kd"], 0, 1, 4, 100, 64,
-                            api_name="/build")[1]
-    assert status.startswith("**Could not build:**") and "no-such-teacher" in status

@@ -25,6 +25,9 @@ MIN_EPOCHS = 2
 # 30-60 s under load; timing one teacher against the student 10-30 s.
 EXPORT_SECONDS = 60.0
 LATENCY_SECONDS_PER_TEACHER = 20.0
+# Each run is a worker process: starting Python and torch, loading the data and the student, and (trials) the
+# test evaluation after it took 40-55 s per run on the loaded 2-core machine (load average ~10), on top of its steps.
+RUN_START_SECONDS = 40.0
 SAFETY = 1.15  # evaluations, process starts and catalog writes on top of the timed steps
 
 
@@ -37,6 +40,7 @@ class Costs:
     holdout_fraction: float
     extract_per_example: dict[str, float] = field(default_factory=dict)
     ranked_examples: int | None = None   # the teachers' features of the first N examples are already cached
+    parallel: int = 1                    # trials at once: their start-up times overlap, their steps share the cores
 
     def steps_per_epoch(self, n: int, final: bool) -> int:
         fit = n if final else n - math.ceil(self.holdout_fraction * n)
@@ -80,7 +84,8 @@ def estimate(plan: Plan, costs: Costs) -> float:
     trial = whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, False)) * costs.step_seconds
     final = whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, True)) * costs.step_seconds
     extract = sum(costs.extract_seconds(t, plan.examples) for t in plan.teachers)
-    fixed = EXPORT_SECONDS + LATENCY_SECONDS_PER_TEACHER * len(plan.teachers)
+    starts = RUN_START_SECONDS * (math.ceil(len(plan.trials()) / costs.parallel) + 1)
+    fixed = EXPORT_SECONDS + LATENCY_SECONDS_PER_TEACHER * len(plan.teachers) + starts
     return SAFETY * (len(plan.trials()) * trial + final) + extract + fixed
 
 
@@ -133,15 +138,26 @@ def _fewer_examples(plan: Plan, costs: Costs) -> bool:
 
 def fit(plan: Plan, costs: Costs, seconds: float | None) -> Plan:
     """The plan shrunk, in ``DEGRADATION_ORDER``, until its estimate fits ``seconds`` (None: no budget)."""
-    plan = Plan.from_dict(plan.to_dict())
+    plan, asked = Plan.from_dict(plan.to_dict()), plan.steps
     if seconds is not None:
         for shrink in (_drop_one_beta, _drop_one_teacher, lambda p: _halve_steps(p, costs), _drop_one_method,
                        lambda p: _fewer_examples(p, costs)):
             while estimate(plan, costs) > seconds and shrink(plan):
                 pass
+        _regrow_steps(plan, costs, seconds, asked)
     plan.estimate_seconds = round(estimate(plan, costs), 1)
     plan.fits = seconds is None or plan.estimate_seconds <= seconds
     return plan
+
+
+def _regrow_steps(plan: Plan, costs: Costs, seconds: float, asked: int) -> None:
+    """A later cut (fewer examples) can leave room: give the steps back, doubling, while the plan still fits."""
+    while plan.steps < asked:
+        trial = Plan.from_dict({**plan.to_dict(), "steps": min(asked, 2 * plan.steps)})
+        if estimate(trial, costs) > seconds:
+            return
+        plan.steps = trial.steps
+        plan.degraded.append(f"steps back up to {plan.steps} (room left after the cuts)")
 
 
 class Clock:

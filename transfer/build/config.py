@@ -56,7 +56,7 @@ class BuildConfig:
     holdout_fraction: float = HOLDOUT_FRACTION
     int8_tolerance: float = INT8_TOLERANCE
     budget_minutes: float | None = None
-    parallel: int | None = None                 # None: AFTZOO_JOBS
+    parallel: int | None = None                 # None: one per core, up to 4
     checkpoint_every: int | None = None         # None: about five checkpoints per run
     device: str | None = _TRAINER["device"]
     extra: dict = field(default_factory=dict)   # further TransferConfig fields, e.g. {"objective_lr": 0.01}

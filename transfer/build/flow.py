@@ -123,6 +123,12 @@ def _limit(cfg: BuildConfig, r: dict, plan: budget.Plan) -> int | None:
     return cfg.limit_train if plan.examples >= r["n_train"] else plan.examples
 
 
+def _parallel(cfg: BuildConfig) -> int:
+    """Trials at once: the user's, else one per core (up to 4): on CPU their steps share the cores, but their
+    process start-ups and evaluations overlap."""
+    return cfg.parallel or max(1, min(os.cpu_count() or 1, 4))
+
+
 def _run_id(build_id: str, method: str, beta: float | None, final: bool = False) -> str:
     return f"{build_id}-{'final-' if final else ''}{method}" + ("" if beta is None else f"-b{beta:g}")
 
@@ -186,7 +192,8 @@ def _plan(cfg: BuildConfig, r: dict, clock: budget.Clock, status: Status) -> dic
     status.update(stage="plan", fraction=0.1, message="timing training steps of the student")
     step_s = _step_seconds(cfg, r)
     ranked = int(ranking[0]["n"]) if ranking else None
-    costs = budget.Costs(step_s, r["batch_size"], cfg.holdout_fraction, {t: per_example[t] for t in chosen}, ranked)
+    costs = budget.Costs(step_s, r["batch_size"], cfg.holdout_fraction, {t: per_example[t] for t in chosen}, ranked,
+                         parallel=_parallel(cfg))
     methods = r["methods"] if chosen else ["stl"]
     full = budget.Plan(methods, {m: r["grids"][m] for m in methods if m != "stl"}, chosen, cfg.steps, r["n_train"])
     plan = budget.fit(full, costs, clock.left())
@@ -440,7 +447,6 @@ def _load_plan(cfg: BuildConfig, folder: Path, clock: budget.Clock, status: Stat
 
 
 def _build(cfg: BuildConfig, build_id: str, folder: Path, clock: budget.Clock, status: Status) -> dict:
-    from storage.settings import get_settings
     from transfer.build import report
     from transfer.build.config import to_toml
     from transfer.jobs.queue import JobQueue
@@ -460,12 +466,14 @@ def _build(cfg: BuildConfig, build_id: str, folder: Path, clock: budget.Clock, s
     reserve = (budget.SAFETY * final_steps * costs.step_seconds + budget.EXPORT_SECONDS
                + budget.LATENCY_SECONDS_PER_TEACHER * len(plan.teachers))
     rate = budget.StepRate(costs.step_seconds)
-    queue = JobQueue(workers=cfg.parallel or get_settings().jobs)
+    queue = JobQueue(workers=_parallel(cfg))
     try:
         trials = [(_run_id(build_id, m, b), _transfer_config(cfg, r, plan, m, b, holdout=True, parent=build_id))
                   for m, b in plan.trials()]
+        # Out of time, the trials not yet started are dropped (STL, the first, never) unless the plan was already
+        # over the budget at its smallest: then the card says so, and the smallest plan runs whole.
         how = _run_jobs(queue, trials, status, rate, stage="trials", span=(0.2, 0.75), extra_seconds=reserve,
-                        deadline=reserve)
+                        deadline=reserve if plan.fits else None)
         candidates = _candidates(cfg, build_id, plan, how, r)
         for i, c in enumerate(candidates):
             status.update(stage="evaluate", fraction=0.75 + 0.03 * i / len(candidates),

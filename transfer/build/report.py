@@ -24,8 +24,18 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
-def _teachers_note(s: dict) -> str:
-    return ", ".join(s["plan"]["teachers"]) or "none"
+def _cuts(degraded: list[str]) -> str:
+    """The budget's cuts, each run of the same kind ("steps 2500", "steps 1250", ...) shown by its last."""
+    import re
+
+    kept: list[str] = []
+    for item in degraded:
+        key = re.split(r"\d", item, maxsplit=1)[0]
+        if kept and re.split(r"\d", kept[-1], maxsplit=1)[0] == key:
+            kept[-1] = item
+        else:
+            kept.append(item)
+    return "; ".join(kept) or "nothing"
 
 
 def _candidates(s: dict) -> list[str]:
@@ -92,7 +102,7 @@ def markdown(s: dict) -> str:
               f"- Budget: {'none' if minutes is None else f'{minutes:g} minutes'}; "
               f"planned {plan['estimate_seconds'] / 60:.1f} minutes from a measured "
               f"{s['costs']['step_seconds']:.2f} s per step; this invocation took {s['wall_seconds'] / 60:.1f} minutes.",
-              f"- Gave up, in order: {'; '.join(plan['degraded']) or 'nothing'}"
+              f"- Gave up, in order: {_cuts(plan['degraded'])}"
               + ("" if plan["fits"] else " (still over the budget: the smallest plan was run)") + ".",
               f"- Order of giving up: {'; '.join(s['budget']['order'])}.", "",
               "## Repeat it", "", f"`{s['command']}`", "", "```toml", Path(s["config_file"]).read_text().strip()
