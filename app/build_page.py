@@ -64,8 +64,12 @@ def start_build(dataset, student, teachers, top_k, methods, budget, parallel, st
 
 
 def _download(zip_path: str) -> str:
-    """A copy in a temporary folder: Gradio serves files from there, not from AFTZOO_HOME."""
-    folder = Path(tempfile.mkdtemp(prefix="aftzoo-build-"))
+    """A copy in Gradio's own upload folder: Gradio serves files from there, not from AFTZOO_HOME (nor /tmp)."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="aftzoo-build-", dir=root))
     return shutil.copy2(zip_path, folder / Path(zip_path).name)
 
 
