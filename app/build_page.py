@@ -70,7 +70,7 @@ def _download(zip_path: str) -> str:
     root = Path(get_upload_folder())
     root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="aftzoo-build-", dir=root))
-    return shutil.copy2(zip_path, folder / Path(zip_path).name)
+    return str(shutil.copy2(zip_path, folder / Path(zip_path).name))
 
 
 def poll(build_id):
