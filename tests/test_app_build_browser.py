@@ -36,11 +36,11 @@ def test_build_a_small_model_by_clicking(app_server, tmp_path):
             expect(page.get_by_role("tab", name="Build a small model")).to_have_attribute("aria-selected", "true",
                                                                                          timeout=60_000)
             expect(page.locator("#build-student input")).to_have_value("resnet18-small")
-            expect(page.locator("#build-methods").get_by_label("stl")).to_be_checked()
+            expect(page.locator("#build-methods").get_by_label("stl", exact=True)).to_be_checked()
             assert "recommended" not in page.locator("#build-methods").inner_text().lower()
 
             page.locator("#build-teachers").get_by_label("efficientnet-lite0").check()
-            page.locator("#build-methods").get_by_label("kd").uncheck()
+            page.locator("#build-methods").get_by_label("kd", exact=True).uncheck()
             fill(page, "build-top-k", 1)
             fill(page, "build-budget", 0)
             fill(page, "build-parallel", 2)
