@@ -268,6 +268,8 @@ app.command("add-dataset")(add_dataset_cmd)
 app.command("remove-dataset")(remove_dataset_cmd)
 app.command("launch", context_settings=PASS_THROUGH, options_metavar="[OPTIONS] -- extract|transfer ARGS...")(launch_cmd)
 app.command("sweep")(sweep_cmd)
+from app.build_cli import build_cmd  # noqa: E402
+app.command("build")(build_cmd)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

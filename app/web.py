@@ -277,6 +277,12 @@ def _wire_load(demo: gr.Blocks, ui: Ui, queue: JobQueue) -> None:
               api_name="page")
 
 
+def _build_page(ui: Ui) -> None:
+    from app.build_page import build_tab  # the front page: the whole flow behind one button
+
+    build_tab(ui.dataset)
+
+
 def build(queue: JobQueue, pages_before: Sequence[Callable[[Ui], None]] = ()) -> gr.Blocks:
     """The app. ``pages_before`` build tabs of their own ahead of page 1 (the "Build a small model" page of
     ``app.build_page`` mounts there, as the first tab); each gets the namespace with the data set picker."""
@@ -319,7 +325,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
               "AFTZOO_APP_USER and AFTZOO_APP_PASSWORD, or bind 127.0.0.1", file=sys.stderr)
     queue = JobQueue(workers=get_settings().jobs)
     atexit.register(queue.shutdown)  # also on an exit that skips the finally below
-    demo = build(queue)
+    demo = build(queue, pages_before=[_build_page])
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True, quiet=True,
                             show_error=False, footer_links=[], theme=gr.themes.Soft(), css=CSS,

@@ -194,5 +194,23 @@ def test_the_app_binds_to_loopback_and_says_so(app_server):
     assert "aftzoo app on http://127.0.0.1:" in log and "warning" not in log
 
 
+@pytest.mark.slow
+def test_build_a_small_model_through_the_api(client):
+    import time
+
+    build_id, status, bar, _timer = client.predict("digits", "resnet18-small", ["efficientnet-lite0"], 1,
+                                                   ["stl", "kd"], 0, 2, 4, 100, 64, api_name="/build")
+    assert build_id and build_id.startswith("build-digits-"), status
+    deadline = time.monotonic() + 900
+    while True:
+        bar, status, card, zip_file, serve = client.predict(build_id, api_name="/build_status")
+        if status.startswith(("Built", "**The build stopped")) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert status.startswith("Built"), status
+    assert "Report card: digits -> resnet18-small" in card and "int8 decision" in card
+    assert zip_file.endswith(".zip") and "aftzoo serve" in serve
+
+
 def test_no_traceback_in_the_app_log(app_server):
     assert "Traceback" not in app_server["log"].read_text()

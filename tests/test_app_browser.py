@@ -33,6 +33,7 @@ def page(browser, app_server, request):
     pg = context.new_page()
     pg.set_default_timeout(30_000)
     pg.goto(app_server["url"])
+    pg.get_by_role("tab", name="1. Data").click()  # the front page is "Build a small model"
     sync_api.expect(pg.locator("#data-summary")).to_contain_text("train", timeout=60_000)
     yield pg
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:

@@ -89,14 +89,15 @@ class JobQueue:
         self._thread.start()
 
     # -- submitting -------------------------------------------------------------------------
-    def submit(self, config) -> Job:
-        """Queue a new transfer; a bad configuration fails here, before anything is queued."""
+    def submit(self, config, run_id: str | None = None) -> Job:
+        """Queue a new transfer; a bad configuration fails here, before anything is queued. ``run_id`` names the
+        run (a build names its trials, so that a rerun finds them); by default one is made."""
         from transfer.training.trainer import TransferConfig, check_names, new_run_id
 
         cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(dict(config))
         cfg.validate()
         check_names(cfg)
-        return self._add(Job(uuid.uuid4().hex[:8], "transfer", new_run_id(cfg), cfg.to_dict()))
+        return self._add(Job(uuid.uuid4().hex[:8], "transfer", run_id or new_run_id(cfg), cfg.to_dict()))
 
     def submit_resume(self, run_id: str) -> Job:
         """Queue the continuation of a cancelled, failed or killed run from its last checkpoint."""
