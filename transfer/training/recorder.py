@@ -104,12 +104,18 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
 # ---------------------------------------------------------------------------------------------
 # Who trains a run, and what a run that stopped unrecorded left
 # ---------------------------------------------------------------------------------------------
-def _started(pid: int) -> float | None:
-    """The process's start time in clock ticks since boot (Linux), which tells it from a later one with its pid."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (Linux; None elsewhere or when it is gone)."""
     try:
-        return float(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def _started(pid: int) -> float | None:
+    """The process's start time in clock ticks since boot, which tells it from a later one with its pid."""
+    fields = _stat(pid)
+    return float(fields[19]) if fields and len(fields) > 19 else None
 
 
 def owner() -> dict:
@@ -125,6 +131,9 @@ def owner_alive(who: dict | None) -> bool | None:
     if pid == os.getpid():
         return True
     if not pid_alive(pid):
+        return False
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent (torchrun, a shell)
         return False
     return who.get("started") is None or _started(pid) in (None, who["started"])
 
@@ -146,18 +155,23 @@ def _write_note(folder: Path, note: dict | None) -> None:
         os.fsync(f.fileno())
 
 
-def reconcile(run_id: str, row: dict | None) -> dict | None:
-    """At a run's next start: a row still "running" whose process is gone gets the stop that process could not
-    write (its note), or a failure saying it ended unrecorded. ``TransferError`` if its process still runs."""
+def reconcile(run_id: str, row: dict | None, *, claim: bool) -> dict | None:
+    """A row still "running" whose process is gone gets the stop that process could not write (its note), or a
+    failure saying it ended unrecorded. A row whose process still runs is returned as it is, or, to ``claim``
+    the run (resume it), ``TransferError``."""
     if row is None or row["status"] not in ACTIVE_STATUSES:
         return row
     who = row["config"].get("owner")
     alive = owner_alive(who)
     here = who and who.get("pid") == os.getpid() and who.get("host") == socket.gethostname()
     if alive and not (here and run_id not in _TRAINING_HERE):
+        if not claim:
+            return row
         raise TransferError(f"run {run_id} is still running in process {who['pid']} on {who['host']}; "
                             f"stop it first (`aftzoo cancel {run_id}`), or wait for it to end")
     if alive is None and who:
+        if not claim:
+            return row
         raise TransferError(f"run {run_id} is {row['status']} in process {who['pid']} on {who['host']}, which this "
                             "machine cannot check; resume it there, or once it has stopped")
     if alive is None:
@@ -232,7 +246,7 @@ class Recorder:
                                teachers=record["teachers"], method=record["method"], config=record,
                                total_steps=self.total_steps)
                 return None
-            row = reconcile(self.run_id, cat.get_run(self.run_id))
+            row = reconcile(self.run_id, cat.get_run(self.run_id), claim=True)
             if row["config"].get("data_fingerprint") not in (None, fingerprint):
                 raise TransferError(f"the data of {record['dataset']} changed since run {self.run_id} started "
                                     "(fingerprint mismatch); start a new run")

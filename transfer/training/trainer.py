@@ -56,7 +56,7 @@ from zoo.prompts import prompt_for
 from zoo.registry import ModelSpec, is_builtin, register
 from zoo.registry import get as get_spec
 
-_run_dir = run_dir  # the name tests and tools used before the split
+_run_dir, _check_split = run_dir, check_split  # the names tests and tools used before the split
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -110,11 +110,14 @@ def run(config: TransferConfig | dict, *, run_id: str | None = None, progress: b
         return _train(run_id, cfg, resume=False, progress=progress, cancel=cancel, on_step=on_step)
 
 
-def check_resumable(run_id: str) -> dict:
-    """The catalog row of ``run_id`` if it can be resumed; ``TransferError`` saying why not otherwise."""
+def check_resumable(run_id: str, *, claim: bool = False) -> dict:
+    """The catalog row of ``run_id`` if it can be resumed; ``TransferError`` saying why not otherwise.
+
+    A row left "running" by a process that is gone is first given the stop it recorded (or could not); with
+    ``claim`` (a resume), a run whose process still trains is refused."""
     with open_catalog() as cat:
         row = cat.get_run(run_id)
-    row = recorder.reconcile(run_id, row)  # refuses a run still training elsewhere; records an unrecorded stop
+    row = recorder.reconcile(run_id, row, claim=claim)
     if row is None:
         raise TransferError(f"no run {run_id!r} in the catalog; list runs with `aftzoo runs` or on the app's Runs page")
     if row["status"] == "completed":
@@ -126,7 +129,7 @@ def resume(run_id: str, *, progress: bool = True, cancel: threading.Event | None
            on_step: Callable[[dict], None] | None = None) -> TransferResult:
     """Continue a killed, failed or cancelled run from its last checkpoint (with any number of processes)."""
     distributed.init()
-    row = distributed.on_main(lambda: check_resumable(run_id))
+    row = distributed.on_main(lambda: check_resumable(run_id, claim=True))
     cfg = TransferConfig.from_dict(row["config"])
     _share_names(cfg)
     with recorder.signals_cancel(cancel) as cancel:
