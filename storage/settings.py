@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     ``AFTZOO_OFFLINE``  ``1`` (default) never touches a model hub; ``0`` allows downloads.
     ``AFTZOO_JOBS``     transfer jobs the app runs at once (the rest wait in its queue).
     ``AFTZOO_APP_USER``, ``AFTZOO_APP_PASSWORD``  turn on the app's login (both or neither).
+    ``AFTZOO_DIST_TIMEOUT``  seconds a multi-process collective waits for a peer (empty: 900); checked, with
+                        its own message, by ``zoo.processes.timeout`` where it is used.
+    ``AFTZOO_JOB_PARENT``  set by the app's job queue in each worker: the app's process id (0: none).
     """
 
     model_config = SettingsConfigDict(env_prefix="AFTZOO_", extra="ignore")
@@ -38,6 +41,8 @@ class Settings(BaseSettings):
     jobs: int = Field(default=1, ge=1, le=64)
     app_user: str | None = None
     app_password: SecretStr | None = None
+    dist_timeout: str = ""
+    job_parent: int = Field(default=0, ge=0)
 
     @property
     def packs_dir(self) -> Path:

@@ -99,8 +99,8 @@ def test_training_killed_inside_a_checkpoint_write_and_again_mid_run_resumes_to_
     proc = python(f"""
         import os, time, torch
         {REGISTER}
-        from transfer.training import trainer
-        real, calls = trainer._save_checkpoint, []
+        from transfer.training import recorder, trainer
+        real, calls = recorder.save_checkpoint, []
 
         def save(path, state):
             calls.append(state["step"])
@@ -110,7 +110,7 @@ def test_training_killed_inside_a_checkpoint_write_and_again_mid_run_resumes_to_
                 time.sleep(600)
             real(path, state)
 
-        trainer._save_checkpoint = save
+        recorder.save_checkpoint = save
         trainer.run({RUN!r}, run_id={run_id!r}, progress=False)
     """)
     assert wait_for_line(proc, "MIDWRITE") == "MIDWRITE 16"
@@ -494,7 +494,7 @@ os.environ["AFTZOO_HOME"] = str(home)
 import torch
 from storage.catalog import CatalogWriteError, open_catalog
 from storage.features import FeatureKey, FeatureStore, FeatureStoreError
-from transfer.training.trainer import CheckpointError, _save_checkpoint
+from transfer.training.recorder import CheckpointError, save_checkpoint as _save_checkpoint
 from zoo.userdata import import_upload
 
 out = {}

@@ -246,14 +246,16 @@ def test_bad_configs_are_named(bad, match):
 
 
 def test_teacher_features_that_do_not_fit_the_data(monkeypatch):
-    real = trainer.extract_info
+    from transfer.training import data
+
+    real = data.extract_info
 
     def short(*args, **kwargs):
         info = real(*args, **kwargs)
         info.features = info.features[:-5]
         return info
 
-    monkeypatch.setattr(trainer, "extract_info", short)
+    monkeypatch.setattr(data, "extract_info", short)
     with pytest.raises(TransferError, match="has features for 187 of the 192 training examples"):
         run(cfg(), progress=False)
 
@@ -262,6 +264,6 @@ def test_teacher_features_that_do_not_fit_the_data(monkeypatch):
         info.fingerprint = "0" * 64
         return info
 
-    monkeypatch.setattr(trainer, "extract_info", other_data)
+    monkeypatch.setattr(data, "extract_info", other_data)
     with pytest.raises(TransferError, match="made from other data"):
         run(cfg(), progress=False)

@@ -16,14 +16,12 @@ hold the catalog's write lock.
 In a ``torch.distributed`` job (``aftzoo launch -- extract ...``) every process calls this with
 the same arguments; each computes a contiguous shard of the examples, and rank 0 alone opens the
 catalog, merges the shards and indexes one file under the same key as a single-process run (see
-``_Job.run_sharded``). Only ``torch.distributed`` itself is used here: the process group is set up
-by the caller (``transfer.training.distributed``), which this lower layer does not import.
+``_Job.run_sharded``). The process group is set up by the caller (``zoo.processes.init``, which the
+launch worker calls); its shard rule and error wording are ``zoo.processes``'s.
 """
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import shutil
 import sys
 import time
@@ -38,6 +36,7 @@ from storage.catalog import Catalog, open_catalog
 from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, FeatureWriter
 from storage.settings import get_settings
 from zoo.datasets import Dataset, load_dataset
+from zoo import processes
 from zoo.prompts import DEFAULT_PROMPT, prompt_for
 from zoo.registry import ModelSpec, record, resolve, resolve_weights
 
@@ -203,16 +202,8 @@ class ShardedExtractionError(RuntimeError):
 
 def _process_group() -> tuple[int, int] | None:
     """(rank, world size) when this process is one of several of a ``torch.distributed`` job, else None."""
-    dist = sys.modules.get("torch.distributed")  # not imported yet: no process group, and no need to import torch
-    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1:
-        raise ShardedExtractionError(
-            f"this process is one of {world} started by torchrun (WORLD_SIZE={world}) but has not joined their "
-            "process group, so each would extract everything and race to index it: start them with `aftzoo launch`, "
-            "or call transfer.training.distributed.init() first")
-    return None
+    ctx = processes.require_joined("extract everything and race to index it", ShardedExtractionError)
+    return (ctx.rank, ctx.world_size) if ctx.active else None
 
 
 def _collective(fn, *args, **kwargs):
@@ -220,18 +211,8 @@ def _collective(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except RuntimeError as exc:
-        # gloo's message starts with its source location in brackets and ends with advice: keep the middle.
-        reason = re.sub(r"\[/[^\]]*\]\s*", "", " ".join(str(exc).split())).split(". This is typically")[0]
         raise ShardedExtractionError("lost contact with another process of the extraction, which died or stopped "
-                                     f"answering ({reason[:240]}); nothing was cached") from None
-
-
-def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank ``rank``'s contiguous rows of ``n``: sizes differ by at most one, lower ranks take the extra
-    (``transfer.training.distributed.shard``'s rule, restated: zoo does not import transfer)."""
-    size, extra = divmod(n, world)
-    start = rank * size + min(rank, extra)
-    return start, start + size + (rank < extra)
+                                     f"answering ({processes.backend_reason(exc)}); nothing was cached") from None
 
 
 @dataclass
@@ -366,7 +347,8 @@ class _Job:
             return self.result(features, True, path)
         shards = Path(shards)
         try:
-            start, stop = _shard(len(self.part), rank, world)
+            rows = processes.shard(len(self.part), processes.Context(rank, world))
+            start, stop = rows.start, rows.stop
             fm, dim, error = None, 0, None
             try:
                 fm = self.holder.get()

@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cancel = threading.Event()
-    parent = int(os.environ.get(PARENT_VARIABLE) or 0)
+    parent = get_settings().job_parent  # AFTZOO_JOB_PARENT, set by worker_environment
 
     def on_sigterm(*_) -> None:
         cancel.set()  # training stops after its current step, with a checkpoint

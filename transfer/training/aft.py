@@ -29,9 +29,11 @@ def rbf_kernel(x: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     return torch.exp(-gamma * (sq + sq.T - 2 * x @ x.T).clamp_min(0))
 
 
-def kernel_distance(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "linear") -> torch.Tensor:
-    """Root mean squared difference of the two batch kernels, after centring and normalising both."""
-    fn = linear_kernel if kernel == "linear" else rbf_kernel
+def kernel_distance(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "linear",
+                    gamma: float = 1.0) -> torch.Tensor:
+    """Root mean squared difference of the two batch kernels, after centring and normalising both
+    (``gamma``: the RBF kernel's scale)."""
+    fn = linear_kernel if kernel == "linear" else (lambda x: rbf_kernel(x, gamma))
     k_s = fn(centre_normalise(student))
     k_t = fn(centre_normalise(teacher))
     return torch.sqrt(((k_s - k_t) ** 2).mean() + EPS)

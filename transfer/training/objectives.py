@@ -45,9 +45,10 @@ class AFT(Objective):
 
     uses_teacher = True
 
-    def __init__(self, student_dim: int, teacher_dim: int, *, kernel: str = "linear", learn_weights: bool = True):
+    def __init__(self, student_dim: int, teacher_dim: int, *, kernel: str = "linear", learn_weights: bool = True,
+                 gamma: float = 1.0):
         super().__init__()
-        self.kernel = kernel
+        self.kernel, self.gamma = kernel, gamma
         self.scale_logits = nn.Parameter(torch.zeros(teacher_dim)) if learn_weights else None
 
     def weights(self) -> torch.Tensor | None:
@@ -57,7 +58,7 @@ class AFT(Objective):
         if self.kernel == "linear":
             return aft_loss(phi.float(), psi.float(), self.scale_logits)
         psi = psi if self.scale_logits is None else psi * torch.sigmoid(self.scale_logits)
-        return kernel_distance(phi.float(), psi.float(), kernel=self.kernel)
+        return kernel_distance(phi.float(), psi.float(), kernel=self.kernel, gamma=self.gamma)
 
     def weight_stats(self):
         w = self.weights()
@@ -201,19 +202,21 @@ class BTuning(Objective):
 METHODS = {
     "stl": lambda ds, dt, **kw: Objective(),
     "aft": lambda ds, dt, **kw: AFT(ds, dt),
-    "aft_rbf": lambda ds, dt, **kw: AFT(ds, dt, kernel="rbf"),
+    "aft_rbf": lambda ds, dt, rbf_gamma=1.0, **kw: AFT(ds, dt, kernel="rbf", gamma=rbf_gamma),
     "aft_identity": lambda ds, dt, **kw: AFT(ds, dt, learn_weights=False),
     "aft_dense": lambda ds, dt, **kw: AFTDense(ds, dt),
     "aft_nokernel": lambda ds, dt, **kw: AFTNoKernel(ds, dt),
     "kd": lambda ds, dt, **kw: KD(ds, dt),
     "rkd": lambda ds, dt, **kw: RKD(ds, dt),
     "ft": lambda ds, dt, **kw: FactorTransfer(ds, dt),
-    "btune": lambda ds, dt, **kw: BTuning(ds, dt, **kw),
+    "btune": lambda ds, dt, rbf_gamma=None, **kw: BTuning(ds, dt, **kw),
 }
 
 
 def make_objective(method: str, student_dim: int, teacher_dim: int, **kwargs) -> Objective:
-    """Build the objective ``method`` for the given feature widths; unknown names list the valid ones."""
+    """Build the objective ``method`` for the given feature widths; unknown names list the valid ones.
+
+    ``kwargs``: ``rbf_gamma`` (aft_rbf; ignored by the others) and B-Tuning's LogME fits and ``temperature``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[method](student_dim, teacher_dim, **kwargs)
