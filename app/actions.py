@@ -13,10 +13,11 @@ import gradio as gr
 import pandas as pd
 
 from app import charts, views
+from storage.errors import AftzooError
 from transfer.jobs.queue import JobQueue
 
 # Errors the library raises for bad input or a missing resource: shown as one line, never a traceback.
-USER_ERRORS = (ValueError, KeyError, RuntimeError, FileNotFoundError, TimeoutError)
+USER_ERRORS = (AftzooError, ValueError, LookupError, RuntimeError, FileNotFoundError, TimeoutError)
 # The library's messages name CLI flags; the page names its own fields instead.
 FIELDS = {"--teachers": "the Teachers boxes", "--from-scratch": "'Start from random weights'",
           "--batch-size": "the batch size", "--limit-train": "Training examples", "--limit-test": "Test examples",
@@ -183,7 +184,7 @@ def job_line(queue: JobQueue, job_id) -> str:
         return ""
     try:
         job = queue.get(job_id)
-    except KeyError:
+    except LookupError:
         return ""
     row = views.jobs_table([j for j in queue.jobs() if j.run_id == job.run_id]).set_index("job").loc[job.id]
     note = f"; {row['message']}" if row["message"] else ""
@@ -193,7 +194,7 @@ def job_line(queue: JobQueue, job_id) -> str:
 def run_of(queue: JobQueue, job_id) -> str | None:
     try:
         return queue.get(job_id).run_id if job_id else None
-    except KeyError:
+    except LookupError:
         return f"(no job {job_id!r} here)"
 
 
@@ -294,7 +295,7 @@ def cancel_job(queue: JobQueue, job_id):
         return "**Pick a job first.**"
     try:
         job = queue.cancel(job_id)
-    except KeyError as exc:
+    except LookupError as exc:
         return problem("cancel", exc)
     return f"Job **{job.id}** is {'stopping' if job.state == 'running' else job.state}."
 

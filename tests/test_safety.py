@@ -68,7 +68,7 @@ def test_no_code_path_deserialises_with_pickle():
     for folder in SOURCES:
         for path in sorted((REPO / folder).rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
-            where = lambda node: f"{path.relative_to(REPO)}:{node.lineno}"  # noqa: E731
+            where = lambda node, path=path: f"{path.relative_to(REPO)}:{node.lineno}"  # noqa: E731
             for name, node in _calls(tree):
                 if name == "torch.load":
                     torch_loads += 1

@@ -33,10 +33,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from storage.catalog import Catalog, open_catalog
+from storage.errors import AftzooError
 from storage.features import DamagedFeatureFile, FeatureKey, FeatureStore, FeatureWriter
 from storage.settings import get_settings
-from zoo.datasets import Dataset, load_dataset
 from zoo import processes
+from zoo.datasets import Dataset, load_dataset
 from zoo.prompts import DEFAULT_PROMPT, prompt_for
 from zoo.registry import ModelSpec, record, resolve, resolve_weights
 
@@ -196,7 +197,7 @@ def _extract(holder: _Model, dataset, split: str, *, limit: int | None = None, b
     return job.run() if group is None else job.run_sharded(*group)
 
 
-class ShardedExtractionError(RuntimeError):
+class ShardedExtractionError(AftzooError, RuntimeError):
     """A process of a multi-process extraction failed or was lost; nothing was cached."""
 
 

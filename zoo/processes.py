@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from storage.errors import AftzooError
 from storage.settings import get_settings
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ TIMEOUT_VARIABLE = "AFTZOO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 900.0
 
 
-class DistributedError(RuntimeError):
+class DistributedError(AftzooError, RuntimeError):
     """A multi-process job that cannot start or go on; the message says which process and why."""
 
 

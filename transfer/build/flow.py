@@ -211,7 +211,7 @@ def _run_jobs(queue, runs: list[tuple[str, object]], status: Status, rate: budge
     how, jobs = {}, {}
     with open_catalog() as cat:
         rows = {rid: cat.get_run(rid) for rid, _ in runs}
-    for i, (rid, tc) in enumerate(runs):
+    for rid, tc in runs:
         row = rows[rid]
         if row is not None and row["status"] == "completed":
             how[rid] = "reused"

@@ -33,7 +33,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from storage.errors import AftzooError
 from storage.settings import get_settings
+
+
+class UnknownJob(AftzooError, LookupError):
+    """A job id this queue does not know."""
+
 
 CANCELLED_EXIT = 3  # the worker's exit status when it stopped because it was asked to
 STATES = ("queued", "running", "completed", "failed", "cancelled")
@@ -126,7 +132,7 @@ class JobQueue:
     def get(self, job_id: str) -> Job:
         with self._lock:
             if job_id not in self._jobs:
-                raise KeyError(f"no job {job_id!r}; jobs here: {', '.join(self._jobs) or 'none'}")
+                raise UnknownJob(f"no job {job_id!r}; jobs here: {', '.join(self._jobs) or 'none'}")
             return Job(**self._jobs[job_id].to_dict())
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
@@ -143,7 +149,7 @@ class JobQueue:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
-                raise KeyError(f"no job {job_id!r}")
+                raise UnknownJob(f"no job {job_id!r}")
             if job.state == "queued":
                 job.state, job.ended_at, job.error = "cancelled", time.time(), "cancelled before it started"
             elif job.state == "running" and job_id not in self._cancel_sent:

@@ -10,13 +10,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from storage.errors import AftzooError
 from transfer.training.objectives import BETA_GRIDS, METHODS
 
 BETA_GRID = BETA_GRIDS["aft"]  # AFT's; every method has its own in BETA_GRIDS (beta_grid=None picks it)
 SCHEDULES = ("epoch", "step")
 
 
-class TransferError(RuntimeError):
+class TransferError(AftzooError, RuntimeError):
     """A transfer that cannot start or cannot go on; the message says why and what to do."""
 
 

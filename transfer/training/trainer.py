@@ -306,7 +306,7 @@ def _loop(t: _Parts, rec: Recorder | None, run_id: str, step: int, wall: Callabl
             if out is None:
                 msg = (f"the loss became non-finite at step {step + 1}; lower --lr or --beta. "
                        f"The last good checkpoint (step {rec.last_good if rec else 0}) is kept")
-                distributed.on_main(lambda: rec.finish("failed", step, wall(), error=msg))
+                distributed.on_main(lambda step=step, msg=msg: rec.finish("failed", step, wall(), error=msg))
                 raise TrainingDiverged(msg)
             loss, ce, reg, logits = out
             t.scheduler.step()
