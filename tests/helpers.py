@@ -104,3 +104,20 @@ def exported(kind: str) -> dict:
     from transfer.export.onnx import export_run
 
     return export_run(trained_run(kind))
+
+
+def tiny_student_code(name: str, *, persist: bool = False) -> str:
+    """Source code that registers a tiny random ResNet student (32 px) as ``name``, for the subprocesses a
+    test starts (``persist`` also records it in the catalog of the home they run in)."""
+    return (f"import zoo; from zoo.models import random_spec; zoo.register(random_spec('resnet', name={name!r}, "
+            f"hub_id='test_resnet', image_size=32), overwrite=True, persist={persist})")
+
+
+def tiny_student(name: str, *, persist: bool = False) -> str:
+    """``tiny_student_code``'s student, registered in this process; returns that code."""
+    import zoo
+    from zoo.models import random_spec
+
+    zoo.register(random_spec("resnet", name=name, hub_id="test_resnet", image_size=32), overwrite=True,
+                 persist=persist)
+    return tiny_student_code(name, persist=persist)

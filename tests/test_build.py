@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import AFTZOO, REPO, run_cli
+from tests.helpers import AFTZOO, REPO, run_cli
 from transfer.build import budget
 from transfer.build.config import BuildConfig, BuildError, to_toml
 from transfer.build.flow import choose, standard_error

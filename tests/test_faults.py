@@ -28,11 +28,10 @@ from storage.catalog import Catalog, CatalogError, migrate, open_catalog
 from storage.features import FeatureKey, FeatureStore
 from storage.migrations import MIGRATIONS, SCHEMA_VERSION
 from storage.settings import get_settings
-from tests.helpers import AFTZOO, REPO, run_cli
+from tests.helpers import AFTZOO, REPO, run_cli, tiny_student, tiny_student_code
 
 STUDENT = "faults-tiny-resnet"
-REGISTER = ("import zoo; from zoo.models import random_spec; zoo.register(random_spec('resnet', name="
-            f"{STUDENT!r}, hub_id='test_resnet', image_size=32), overwrite=True, persist=True)")
+REGISTER = tiny_student_code(STUDENT, persist=True)  # for the subprocesses
 # A short real run: 192 digits, batches of 32 = 6 steps an epoch; metrics every 4 steps, checkpoints every 8.
 RUN = dict(dataset="digits", student=STUDENT, method="stl", teachers=[], steps=36, lr=1e-2, batch_size=32,
            limit_train=192, limit_test=96, log_every=4, eval_every=8, checkpoint_every=8, flush_seconds=0.0)
@@ -84,7 +83,7 @@ def one_thread(monkeypatch):
 
 @pytest.fixture
 def student(home, one_thread):
-    exec(REGISTER)  # persisted in this test's catalog: subprocesses find the student there
+    tiny_student(STUDENT, persist=True)  # persisted in this test's catalog: subprocesses find the student there
 
 
 # -- training -----------------------------------------------------------------------------------

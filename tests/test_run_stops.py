@@ -18,11 +18,10 @@ import pytest
 
 from storage.catalog import open_catalog
 from storage.settings import reset_settings
-from tests.conftest import AFTZOO, REPO
+from tests.helpers import AFTZOO, REPO, tiny_student, tiny_student_code
 
 STUDENT = "stops-tiny-resnet"
-REGISTER = ("import zoo; from zoo.models import random_spec; zoo.register(random_spec('resnet', name="
-            f"{STUDENT!r}, hub_id='test_resnet', image_size=32), overwrite=True, persist=True)")
+REGISTER = tiny_student_code(STUDENT, persist=True)  # for the subprocesses
 # 192 digits, batches of 32 = 6 steps an epoch; checkpoints every 8 steps; long enough to be stopped midway.
 RUN = dict(dataset="digits", student=STUDENT, method="stl", teachers=[], steps=400, lr=1e-2, batch_size=32,
            limit_train=192, limit_test=96, log_every=4, eval_every=8, checkpoint_every=8, flush_seconds=0.0)
@@ -31,7 +30,7 @@ RUN = dict(dataset="digits", student=STUDENT, method="stl", teachers=[], steps=4
 @pytest.fixture
 def student(home, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a shared machine: one compute thread per process
-    exec(REGISTER)  # persisted in this test's catalog: the subprocesses find the student there
+    tiny_student(STUDENT, persist=True)  # persisted in this test's catalog: the subprocesses find it there
 
 
 def python(code: str) -> subprocess.Popen:
@@ -127,7 +126,7 @@ def small_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("AFTZOO_HOME", str(disk / "home"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     reset_settings()
-    exec(REGISTER)
+    tiny_student(STUDENT, persist=True)
     yield disk
     reset_settings()
     subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -11,13 +11,12 @@ import torch
 
 import zoo
 from storage.catalog import open_catalog
+from tests.helpers import tiny_student
 from transfer.training import objectives, trainer
 from transfer.training.trainer import Cancelled, TransferConfig, TransferError, TrainingDiverged, history, resume, run
 
 STUDENT = "test-tiny-resnet"
-REGISTER = (f"import zoo; from zoo.models import random_spec; "
-            f"zoo.register(random_spec('resnet', name={STUDENT!r}, hub_id='test_resnet', image_size=32), overwrite=True)")
-exec(REGISTER)
+REGISTER = tiny_student(STUDENT)  # registered here; the code registers it in the subprocesses too
 
 BASE = dict(dataset="digits", student=STUDENT, teachers=["efficientnet-lite0"], steps=24, lr=1e-2, batch_size=32,
             limit_train=192, limit_test=96, log_every=4, eval_every=8, checkpoint_every=8)
