@@ -14,8 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storage.errors import AftzooError
 from zoo.prompts import DEFAULT_PROMPT, fit_prompt, format_prompt
 from zoo.registry import ModelSpec, WeightsSource
+
+
+class ModelLoadError(AftzooError, RuntimeError):
+    """Weights were found but could not be loaded into the model."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from storage.errors import AftzooError
 from storage.settings import get_settings, resolve_device
 from zoo import packs
+from zoo import tiny
 from zoo.feature_models import (
+    ModelLoadError,
     ClsFeatureModel,
     FeatureModel,
     HFImageFeatureModel,
@@ -59,10 +60,6 @@ from zoo.registry import (  # noqa: F401
     resolve_weights,
     weights_status,
 )
-
-
-class ModelLoadError(AftzooError, RuntimeError):
-    """Weights were found but could not be loaded into the model."""
 
 
 def _one_line(text: Any) -> str:
@@ -286,9 +283,7 @@ def load(model: ModelSpec | str, *, weights: str | Path | None = None, device: s
     if spec.source == "noise":
         return NoiseFeatureModel(spec, source).eval()
     if spec.source == "tiny":  # zoo/tiny.py: small students for cheap experiments
-        from zoo import tiny
-
-        return tiny.build(spec, source).to(device).eval()
+        return tiny.build(spec, source, _tokenizer(spec, None) if spec.modality == "text" else None).to(device).eval()
     lib = library(spec, folder_kind)
     try:
         with _quiet_loading():

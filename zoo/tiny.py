@@ -19,8 +19,7 @@ import torch
 import torch.nn as nn
 
 from zoo import packs
-from zoo.feature_models import ImageFeatureModel, TextFeatureModel
-from zoo.models import ModelLoadError, _tokenizer
+from zoo.feature_models import ImageFeatureModel, ModelLoadError, TextFeatureModel
 from zoo.registry import ModelSpec, WeightsSource
 
 ARCHITECTURES = ("embedding_bag", "transformer", "cnn")
@@ -99,15 +98,15 @@ class TinyImageModel(ImageFeatureModel):
         return self.net(batch)
 
 
-def build(spec: ModelSpec, source: WeightsSource):
-    """The tiny model ``spec`` (``hub_id`` one of ARCHITECTURES; sizes in ``config_overrides``)."""
+def build(spec: ModelSpec, source: WeightsSource, tokenizer=None):
+    """The tiny model ``spec`` (``hub_id`` one of ARCHITECTURES; sizes in ``config_overrides``); text models
+    read ``tokenizer`` (``zoo.models.load`` passes the one ``spec.tokenizer`` names)."""
     cfg = dict(spec.config_overrides)
     if spec.hub_id not in ARCHITECTURES:
         raise ModelLoadError(f"{spec.name}: a tiny model's hub_id is one of {', '.join(ARCHITECTURES)}; "
                              f"got {spec.hub_id!r}")
     if spec.hub_id == "cnn":
         return TinyImageModel(spec, small_cnn(spec.feature_dim), source, spec.feature_dim)
-    tokenizer = _tokenizer(spec, None)
     init = _pretrained_embeddings(cfg.get("init_from"))
     embed_dim = cfg.get("embed_dim", 384)
     if spec.hub_id == "embedding_bag":
