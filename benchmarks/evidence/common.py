@@ -315,7 +315,10 @@ def _key(config: dict) -> str:
     if values["beta"] == "auto":  # the grid matters only when beta is searched
         from transfer.training.objectives import BETA_GRIDS
 
-        grid = config.get("beta_grid") or BETA_GRIDS.get(config.get("method"), ())  # None: the method's own grid
+        # None: the method's own grid. A recorded beta-auto run says which betas it tried (its trials): a grid that
+        # changed since must not match it.
+        grid = (config.get("beta_grid") or [t["beta"] for t in config.get("trials", [])]
+                or BETA_GRIDS.get(config.get("method"), ()))
         values["beta_grid"] = [float(b) for b in grid]
     return json.dumps(values, sort_keys=True, default=str)
 
