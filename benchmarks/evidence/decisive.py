@@ -66,6 +66,8 @@ def c_star(student_name: str, dataset, n: int, psi: np.ndarray, batch: int = 64,
 
     student = build_student(student_name, dataset.num_classes, seed=0).eval()
     train = dataset.split("train").head(n)
+    batch = min(batch, n)
+    batches = max(1, min(batches, n // batch))
     rows = np.random.default_rng(0).permutation(n)[:batch * batches].reshape(batches, batch)
     values = []
     with torch.no_grad():
