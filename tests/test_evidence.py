@@ -111,3 +111,23 @@ def test_beta_flag_takes_one_value_or_a_grid():
     for bad in ("", "x", "0.1,-1", "nan", "inf"):
         with pytest.raises(argparse.ArgumentTypeError):
             common._betas(bad)
+
+
+def test_decisive_script_tiny_prints_per_seed_accuracies_as_json(home, tmp_path):
+    # The issue-20 experiment at smoke size: 2 seeds of STL and AFT (beta from its grid on unused training texts).
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.evidence.decisive", "--tiny", "--json", "--methods",
+                           "stl,aft", "--seed-offset", "3", "--out", str(tmp_path / "d.json")],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out) == {"stl", "aft", "betas"} and len(out["stl"]) == len(out["aft"]) == 2
+    from transfer.training.objectives import BETA_GRIDS
+
+    assert out["betas"]["aft"] in BETA_GRIDS["aft"]
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert len(saved["trials"]["aft"]) == len(BETA_GRIDS["aft"])
+    from storage.catalog import open_catalog
+
+    with open_catalog() as cat:
+        seeds = {r["seed"] for r in cat.query("SELECT CAST(json_extract(config, '$.seed') AS INT) AS seed FROM runs")}
+    assert seeds == {3, 4}

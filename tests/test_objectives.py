@@ -153,7 +153,7 @@ def test_every_method_has_a_beta_grid_on_its_own_scale():
     # One grid for all cannot work: KD's squared error is ~1e-3 of the cross-entropy against unit-norm teachers, FT's
     # L1 sum over the teacher's dimensions ~30: their grids sit on either side of AFT's kernel distance (~0.1).
     centre = {m: math.exp(sum(math.log(b) for b in BETA_GRIDS[m]) / len(BETA_GRIDS[m])) for m in ("kd", "aft", "ft")}
-    assert centre["kd"] > 10 * centre["aft"] > 100 * centre["ft"]
+    assert centre["kd"] > 100 * centre["aft"] and centre["aft"] > 5 * centre["ft"]
 
 
 def test_btuning_known_value_and_teacher_mixing():

@@ -7,6 +7,10 @@ features gained nothing in issue 20's check), so every student here trains end t
   table initialised from MiniLM's own word embeddings when its pack is installed;
 - ``tiny-transformer-text``: the same embeddings projected to 128 dimensions, two transformer layers,
   mean-pooled;
+- ``token_mlp`` (registered by an experiment, e.g. benchmarks/evidence/decisive.py): MiniLM's word
+  embeddings kept frozen, a trainable per-token MLP (384 -> hidden, GELU), mean-pooled. The frozen
+  table spares Adam 11.7M parameters a step (a run costs seconds); the MLP before pooling still lets
+  the student change its own representation of each text;
 - ``tiny-cnn``: four conv-BN-ReLU blocks on 32x32 images, global average pooling, 128 features.
 
 The registry entries (source ``"tiny"``, ``hub_id`` naming the architecture) are in zoo/registry.py;
@@ -22,7 +26,7 @@ from zoo import packs
 from zoo.feature_models import ImageFeatureModel, ModelLoadError, TextFeatureModel
 from zoo.registry import ModelSpec, WeightsSource
 
-ARCHITECTURES = ("embedding_bag", "transformer", "cnn")
+ARCHITECTURES = ("embedding_bag", "token_mlp", "transformer", "cnn")
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,6 +58,19 @@ class EmbeddingBag(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return _masked_mean(self.embed(input_ids), attention_mask)
+
+
+class TokenMLP(nn.Module):
+    def __init__(self, vocab: int, embed_dim: int, dim: int, init: dict[str, torch.Tensor]):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed_dim)
+        if "word" in init and init["word"].shape == self.embed.weight.shape:
+            self.embed.weight.data.copy_(init["word"])
+        self.embed.weight.requires_grad_(False)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, input_ids, attention_mask):
+        return _masked_mean(self.mlp(self.embed(input_ids)), attention_mask)
 
 
 class TinyTransformer(nn.Module):
@@ -112,6 +129,9 @@ def build(spec: ModelSpec, source: WeightsSource, tokenizer=None):
     if spec.hub_id == "embedding_bag":
         net: nn.Module = EmbeddingBag(len(tokenizer), embed_dim, init)
         dim = embed_dim
+    elif spec.hub_id == "token_mlp":
+        dim = spec.feature_dim
+        net = TokenMLP(len(tokenizer), embed_dim, dim, init)
     else:
         dim = spec.feature_dim
         net = TinyTransformer(len(tokenizer), embed_dim, dim, cfg.get("layers", 2), cfg.get("heads", 4),

@@ -72,10 +72,17 @@ class Setting:
     beta_grid: tuple[float, ...]
     pretrained: bool = True
     note: str = ""
+    seed_offset: int = 0             # seeds are seed_offset, seed_offset + 1, ...
 
     @property
     def modality(self) -> str:
-        return "text" if self.dataset == "rotten_tomatoes" else "image"
+        from zoo.datasets import DATASETS
+
+        if self.dataset in DATASETS:
+            return DATASETS[self.dataset].modality
+        from zoo.datasets import load_dataset  # a user's data set
+
+        return load_dataset(self.dataset).modality
 
     def config(self, method: str, teachers: list[str] | tuple[str, ...], seed: int, beta: float | str):
         from transfer.training.trainer import TransferConfig
@@ -154,6 +161,13 @@ class Context:
             s = dataclasses.replace(s, steps=self.args.steps)
         if self.args.beta is not None:   # one value: that beta, no hold-out search; several: the grid searched
             s = dataclasses.replace(s, beta_grid=self.args.beta)
+        if getattr(self.args, "dataset", None):
+            s = dataclasses.replace(s, dataset=self.args.dataset)
+            if s.modality != modality:
+                raise SystemExit(f"--dataset {self.args.dataset} is {s.modality} data; this experiment's setting "
+                                 f"is {modality} (use --modality {s.modality} where the script has it)")
+        if getattr(self.args, "seed_offset", 0):
+            s = dataclasses.replace(s, seed_offset=self.args.seed_offset)
         return s
 
     @property
@@ -203,6 +217,13 @@ def start(name: str, doc: str, add_args=None) -> Context:
     ap.add_argument("--beta", type=_betas, default=None, metavar="B[,B...]",
                     help="one beta: fixed, no hold-out search; several (0.01,0.1,1): the grid the hold-out search "
                          "tries, instead of the size's; the output names say so")
+    ap.add_argument("--dataset", default=None, metavar="NAME",
+                    help="any registered data set of the experiment's modality (user data included) instead of the "
+                         "size's; its teachers' features are extracted on first use")
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (runs use seeds S, S+1, ...)")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object on stdout (method -> per-seed test accuracies, plus the chosen "
+                         "betas); the tables go to stderr")
     ap.add_argument("--out", type=Path, default=DOCS, help="where the JSON and PNG go (default docs/evidence)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 by default: on 2 cores shared with other work, 2 threads ran a MiniLM "
@@ -218,6 +239,8 @@ def start(name: str, doc: str, add_args=None) -> Context:
         ap.error("--seeds must be at least 1")
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be at least 1")
+    if args.json:  # the human-readable output moves to stderr; stdout carries the one JSON object
+        args.stdout, sys.stdout = sys.stdout, sys.stderr
     if args.threads > 0:
         import torch
 
@@ -290,7 +313,13 @@ def _key(config: dict) -> str:
     values = {k: config.get(k) for k in RESULT_KEYS}
     values["beta"] = values["beta"] if values["beta"] == "auto" else float(values["beta"])
     if values["beta"] == "auto":  # the grid matters only when beta is searched
-        values["beta_grid"] = [float(b) for b in config.get("beta_grid", ())]
+        from transfer.training.objectives import BETA_GRIDS
+
+        # None: the method's own grid. A recorded beta-auto run says which betas it tried (its trials): a grid that
+        # changed since must not match it.
+        grid = (config.get("beta_grid") or [t["beta"] for t in config.get("trials", [])]
+                or BETA_GRIDS.get(config.get("method"), ()))
+        values["beta_grid"] = [float(b) for b in grid]
     return json.dumps(values, sort_keys=True, default=str)
 
 
@@ -371,7 +400,7 @@ def seeds_loop(ctx: Context, s: Setting, method: str, teachers=()) -> dict:
     # STL has no regulariser (beta unused); a one-point grid means that beta, without a search.
     beta: float | str = 1.0 if method == "stl" else "auto" if len(s.beta_grid) > 1 else s.beta_grid[0]
     per_seed = []
-    for seed in range(s.seeds):
+    for seed in range(s.seed_offset, s.seed_offset + s.seeds):
         r = train(ctx, s.config(method, teachers, seed, beta))
         beta = r["beta"]
         per_seed.append({"seed": seed, **r})
@@ -500,6 +529,14 @@ def save(ctx: Context, payload: dict, fig=None) -> dict:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+    if getattr(ctx.args, "json", False):
+        summary = {"betas": {}}
+        for key, r in (payload.get("results") or {}).items() if isinstance(payload.get("results"), dict) else (
+                (r["method"] + ("+" + "+".join(r["teachers"]) if len(r.get("teachers") or ()) > 1 else ""), r)
+                for r in payload.get("results") or []):
+            summary[key] = r["accuracy"]
+            summary["betas"][key] = r.get("beta")
+        print(json.dumps(summary), file=ctx.args.stdout, flush=True)
     print(f"\nwrote {', '.join(paths.values())}  ({wall / 60:.1f} min; the runs it shows took "
           f"{ctx.train_seconds / 60:.1f} min of training, {ctx.counts['trained']} configurations trained now, "
           f"{ctx.counts['reused']} found in the catalog)", flush=True)
