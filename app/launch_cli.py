@@ -137,7 +137,7 @@ def sweep_cmd(
                                      "they share the cores."),
         holdout: float = typer.Option(0.1, "--holdout", help="Part of the training set the trials are scored on "
                                       "(0: the test split, optimistic for the best trial)."),
-        steps: int = typer.Option(5000, "--steps", help="Training steps per trial (rounded up to whole epochs)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per trial (default: TransferConfig's)."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default 128 (images) / 64 (text)."),
         seed: int = typer.Option(0, "--seed"),
         limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use the first N training examples."),
@@ -153,7 +153,8 @@ def sweep_cmd(
             "objective_lr": _numbers("--objective-lr", objective_lr)}
     base = TransferConfig(dataset=dataset, student=student, teachers=[t.strip() for t in teachers.split(",")
                                                                        if t.strip()],
-                          method=method, beta=grid["beta"][0], steps=steps, batch_size=batch_size, seed=seed,
+                          method=method, beta=grid["beta"][0], batch_size=batch_size, seed=seed,
+                          **({"steps": steps} if steps else {}),
                           limit_train=limit_train, limit_test=limit_test, eval_every=eval_every,
                           pretrained=not from_scratch)
     with user_errors("interrupted; the running trials were cancelled and keep their checkpoints"):

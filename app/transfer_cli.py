@@ -78,8 +78,8 @@ def transfer_cmd(
                                              "ablation (default: aft)."),
         beta: Optional[str] = typer.Option(None, "--beta", help="Regulariser weight, or 'auto' (hold-out grid "
                                            "search)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps, rounded up to whole epochs "
-                                            "(default: TransferConfig's)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps, exactly (default: "
+                                            "TransferConfig's)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Student learning rate (default: TransferConfig's)."),
         objective_lr: Optional[float] = typer.Option(None, "--objective-lr", help="Learning rate of the "
                                                      "objective's own parameters."),

@@ -16,11 +16,11 @@ from app.output import human_count
 from storage.catalog import open_catalog
 
 METHOD_LABELS = {
-    "aft": "AFT: adaptive feature transfer",
+    "aft": "AFT: adaptive feature transfer (experimental: it tied plain fine-tuning in our evidence)",
     "stl": "STL: no teacher, labels only (baseline)",
     "kd": "KD: copy the teacher's features (baseline)",
     "rkd": "RKD: copy the teacher's similarities (baseline)",
-    "ft": "FT: fine-tune the teacher itself (baseline)",
+    "ft": "FT: factor transfer through a small network (baseline)",
     "btune": "B-Tuning: Bayesian tuning toward the teachers (baseline)",
     "aft_rbf": "AFT with an RBF kernel (ablation)",
     "aft_dense": "AFT with dense weights (ablation)",
@@ -59,6 +59,11 @@ def transfer_defaults() -> dict:
     from transfer.training.trainer import TransferConfig
 
     return {f.name: f.default for f in dataclasses.fields(TransferConfig) if f.default is not dataclasses.MISSING}
+
+
+def beta_text(beta: float | str) -> str:
+    """A beta as the picker shows it: 'auto' or the number."""
+    return beta if isinstance(beta, str) else f"{beta:g}"
 
 
 def beta_choices(method: str | None = None) -> list[str]:

@@ -112,7 +112,7 @@ def _transfer_page(ui: Ui) -> None:
         ui.teachers = gr.CheckboxGroup(ui.all_teachers, elem_id="teachers", label="Teachers (pre-filled with the "
                                        "best of this data set's latest ranking, never the student)")
         with gr.Row():
-            ui.beta = gr.Dropdown(views.beta_choices(), value=f"{defaults['beta']:g}", allow_custom_value=True,
+            ui.beta = gr.Dropdown(views.beta_choices(), value=views.beta_text(defaults["beta"]), allow_custom_value=True,
                                   elem_id="beta", label="Teacher weight (beta)",
                                   info="How strongly the teachers guide the student; 'auto' tries the grid on a "
                                        "hold-out, then retrains with the best")

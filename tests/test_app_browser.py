@@ -104,6 +104,8 @@ def test_rank_transfer_export_and_classify_by_clicking(page, tmp_path):
     expect(page.locator("#teachers").get_by_label(other)).to_be_checked()
     choose(page, "student", "resnet18-small")
     expect(page.locator("#scratch input")).to_be_checked()
+    choose(page, "method", "AFT: adaptive feature transfer")  # one run at a fixed beta, not the default search
+    fill(page, "beta", 1)
     fill(page, "steps", 16)
     fill(page, "lr", 0.001)
     fill(page, "limit-train", 200)

@@ -29,7 +29,8 @@ ENV = {"OMP_NUM_THREADS": "1", "AFTZOO_DIST_TIMEOUT": "60"}
 TWO = ("launch", "--nproc-per-node", "2", "--")
 LIMIT_TRAIN = 96  # 3 batches of 32 an epoch, split 16 + 16 between the processes
 KEY_COLUMNS = "model, dataset, split, fingerprint, settings_key, num_examples, dim, dtype"
-TRANSFER = ("transfer", "-d", "digits", "-s", STUDENT, "-t", TEACHER, "--batch-size", "32", "--lr", "1e-3",
+TRANSFER = ("transfer", "-d", "digits", "-s", STUDENT, "-t", TEACHER, "--method", "aft", "--beta", "1",
+            "--batch-size", "32", "--lr", "1e-3",
             "--limit-train", str(LIMIT_TRAIN), "--limit-test", "32", "--eval-every", "10", "--json")
 
 
@@ -294,7 +295,7 @@ def test_sweep_settings_are_checked_before_anything_runs():
     from transfer.jobs.queue import sweep_configs
     from transfer.training.trainer import TransferConfig, TransferError
 
-    base = TransferConfig(dataset="digits", student=STUDENT, teachers=[TEACHER])
+    base = TransferConfig(dataset="digits", student=STUDENT, teachers=[TEACHER], method="aft")
     configs = sweep_configs(base, {"beta": [0.1, 1.0], "lr": [1e-3, 1e-4]})
     assert [(c.beta, c.lr) for c in configs] == [(0.1, 1e-3), (0.1, 1e-4), (1.0, 1e-3), (1.0, 1e-4)]
     assert {c.holdout_fraction for c in configs} == {0.1}

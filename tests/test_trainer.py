@@ -18,7 +18,8 @@ from transfer.training.trainer import Cancelled, TransferConfig, TransferError, 
 STUDENT = "test-tiny-resnet"
 REGISTER = tiny_student(STUDENT)  # registered here; the code registers it in the subprocesses too
 
-BASE = dict(dataset="digits", student=STUDENT, teachers=["efficientnet-lite0"], steps=24, lr=1e-2, batch_size=32,
+BASE = dict(dataset="digits", student=STUDENT, teachers=["efficientnet-lite0"], method="aft", beta=1.0,
+            steps=24, lr=1e-2, batch_size=32,
             limit_train=192, limit_test=96, log_every=4, eval_every=8, checkpoint_every=8)
 
 

@@ -194,7 +194,7 @@ def _betas(text: str) -> tuple[float, ...]:
     try:
         values = tuple(sorted({float(v) for v in text.split(",") if v.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (1 or 0.01,0.1,1); got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (1 or 0.01,0.1,1); got {text!r}") from None
     if not values or not all(v >= 0 and math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"every beta must be a number >= 0; got {text!r}")
     return values

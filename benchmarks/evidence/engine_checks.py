@@ -48,7 +48,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from benchmarks.evidence.common import EVAL_ONLY_AT_END, NO_MID_RUN_CHECKPOINTS, _drop_checkpoints, \
-        _find_completed, final_weights
+        _find_completed
     from transfer.training.trainer import TransferConfig, history, run
 
     out = {}

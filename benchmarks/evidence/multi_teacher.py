@@ -46,7 +46,7 @@ def main() -> None:
     parts = {m: one(ctx, m) for m in modalities}
 
     fig, axes = common.figure(ncols=len(parts), width=5.2)
-    for ax, (modality, p) in zip(axes[0], parts.items()):
+    for ax, p in zip(axes[0], parts.values()):
         short = lambda t: t.replace("efficientnet-", "").replace("-base", "")  # noqa: E731
         labels = [" + ".join(map(short, r["teachers"])) for r in p["results"]]
         s = p["setting"]

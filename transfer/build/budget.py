@@ -74,15 +74,9 @@ class Plan:
         return cls(**d)
 
 
-def whole_epochs(steps: int, per_epoch: int) -> int:
-    """The trainer rounds a run's steps up to whole epochs."""
-    return math.ceil(steps / per_epoch) * per_epoch
-
-
 def estimate(plan: Plan, costs: Costs) -> float:
     """Seconds the plan still needs: extraction of its teachers' features, every trial, the final run, export."""
-    trial = whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, False)) * costs.step_seconds
-    final = whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, True)) * costs.step_seconds
+    trial = final = plan.steps * costs.step_seconds  # the trainer runs exactly the steps asked
     extract = sum(costs.extract_seconds(t, plan.examples) for t in plan.teachers)
     starts = RUN_START_SECONDS * (math.ceil(len(plan.trials()) / costs.parallel) + 1)
     fixed = EXPORT_SECONDS + LATENCY_SECONDS_PER_TEACHER * len(plan.teachers) + starts

@@ -225,7 +225,7 @@ def _run_jobs(queue, runs: list[tuple[str, object]], status: Status, rate: budge
         with open_catalog(wait=60) as cat:
             rows = {rid: cat.get_run(rid) or {} for rid, _ in runs}
         done = sum(int(rows[rid].get("step") or 0) for rid, _ in runs)
-        total = sum(int(rows[rid].get("total_steps") or budget.whole_epochs(tc.steps, 1)) for rid, tc in runs)
+        total = sum(int(rows[rid].get("total_steps") or tc.steps) for rid, tc in runs)
         rate.observe_start(done)
         left = rate.time_left(done, total, extra_seconds)
         status.update(stage=stage, fraction=span[0] + (span[1] - span[0]) * done / max(total, 1), eta_seconds=left,
@@ -462,7 +462,7 @@ def _build(cfg: BuildConfig, build_id: str, folder: Path, clock: budget.Clock, s
                       message=f"features of {teacher} for {plan.examples:,} training examples")
         extract_info(teacher, data, "train", limit=_limit(cfg, r, plan), device=cfg.device, progress=False)
 
-    final_steps = budget.whole_epochs(plan.steps, costs.steps_per_epoch(plan.examples, True))
+    final_steps = plan.steps
     reserve = (budget.SAFETY * final_steps * costs.step_seconds + budget.EXPORT_SECONDS
                + budget.LATENCY_SECONDS_PER_TEACHER * len(plan.teachers))
     rate = budget.StepRate(costs.step_seconds)
