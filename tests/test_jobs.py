@@ -94,3 +94,16 @@ def test_a_failing_worker_reports_the_error_line(queue):
     done = queue.wait(job.id, timeout=120)
     assert done.state == "failed"
     assert "no weights for 'resnet50'" in done.error and "Traceback" not in done.error
+
+
+def test_a_worker_ignores_modules_in_the_folder_it_is_started_from(tmp_path):
+    """A stray inspect.py in the caller's folder once shadowed the standard library in every job worker."""
+    import subprocess
+    import sys
+
+    from transfer.jobs.queue import worker_environment
+
+    (tmp_path / "inspect.py").write_text("raise SystemExit('the caller folder shadowed the standard library')\n")
+    done = subprocess.run([sys.executable, "-m", "transfer.jobs.queue", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, env=worker_environment(), timeout=120)
+    assert done.returncode == 0 and "Run one transfer job" in done.stdout, done.stderr

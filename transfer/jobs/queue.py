@@ -319,6 +319,9 @@ def worker_environment(workers: int = 1) -> dict[str, str]:
     # oversubscribed they spin against each other: a tiny ResNet trained 5.8x slower on 2 shared
     # cores (77 s against 13 s for the same 60 steps) than with passive waiting.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # `python -m` puts the caller's folder first on sys.path: a stray inspect.py there (a user's scratch file)
+    # shadowed the standard library and broke every worker. Python 3.11+ leaves it out with this; 3.10 ignores it.
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 
