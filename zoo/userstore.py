@@ -25,6 +25,7 @@ import numpy as np
 
 from storage.catalog import open_catalog
 from storage.errors import AftzooError
+from storage.files import fsync_dir, pid_alive
 from storage.settings import get_settings
 from zoo.bundled import BUNDLED as DATASETS
 from zoo.datatypes import SPLIT_SEED, TEST_FRACTION, Dataset, Split, UnknownDataset
@@ -203,7 +204,7 @@ def remove_dataset(name: str) -> None:
         except BaseException:
             os.rename(trash, folder)
             raise
-        _fsync_dir(root)
+        fsync_dir(root)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -293,16 +294,6 @@ def _scratch_name(kind: str, name: str) -> str:
     return f"{kind}-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _sweep(root: Path, *, max_age: float = 24 * 3600) -> None:
     """Tidy what killed imports left: temp folders go; an overwritten set whose new copy never landed comes back."""
     for p in root.iterdir():
@@ -311,7 +302,7 @@ def _sweep(root: Path, *, max_age: float = 24 * 3600) -> None:
         try:
             kind_name, pid, _ = p.name.rsplit("-", 2)
             kind, name = kind_name.split("-", 1)
-            alive = _pid_alive(int(pid)) and time.time() - p.stat().st_mtime < max_age
+            alive = pid_alive(int(pid)) and time.time() - p.stat().st_mtime < max_age
         except (ValueError, OSError):
             continue
         if alive:
@@ -337,14 +328,6 @@ def _lock(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, write) -> None:
@@ -390,7 +373,7 @@ def commit(name: str, content: dict, overwrite: bool) -> None:
         for split, data in splits.items():
             _write_split(tmp, split, data, content["modality"])
         _write_file(tmp / META, lambda f: f.write(json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8")))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         with _lock(root):
             _sweep(root)
             if final.exists():
@@ -406,7 +389,7 @@ def commit(name: str, content: dict, overwrite: bool) -> None:
                     os.rename(final, old)
                 os.rename(tmp, final)
                 moved = True
-                _fsync_dir(root)
+                fsync_dir(root)
     except BaseException:
         if moved:
             os.rename(final, tmp)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+from storage.files import pid_alive
 from transfer.build.config import BuildConfig, build_dir
 from transfer.build.flow import read_status
 
@@ -21,13 +22,7 @@ def running(build_id: str) -> bool:
     state = read_status(build_id)
     if not state or state.get("done") or not state.get("pid"):
         return False
-    try:
-        os.kill(int(state["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(state["pid"]))
 
 
 def start(config: BuildConfig | dict) -> str:
