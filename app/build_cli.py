@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from app.output import console, err, fail, print_json
+from storage.errors import AftzooError
 
 
 def _names(csv: str | None) -> list[str] | None:
@@ -55,8 +56,8 @@ def build_cmd(
         summary = run_build(cfg, on_progress=None if as_json else _bar())
     except KeyboardInterrupt:
         fail(f"interrupted; run the same command again to resume build {cfg.build_id()}", code=130)
-    except (TransferError, KeyError, ValueError, RuntimeError, OSError) as exc:
-        fail(str(exc).strip("'\""))
+    except (AftzooError, ValueError, RuntimeError, OSError) as exc:  # bad names and values, a full disk
+        fail(str(exc))
     if as_json:
         print_json({k: v for k, v in summary.items() if k != "card"} | {"card": {k: v for k, v in
                                                                               summary["card"].items() if k != "text"}})

@@ -147,7 +147,9 @@ def test_a_full_disk_does_not_leave_a_run_running_and_a_resume_needs_one_spare_c
     folder = trainer.run_dir(run_id)
     try:
         wait_for_step(run_id, proc, 8)
+        deadline = time.monotonic() + 120
         while not (folder / "checkpoint.pt").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run wrote no checkpoint"
             time.sleep(0.2)
         filler = _fill(small_disk, 0)
         _, err = proc.communicate(timeout=180)

@@ -98,6 +98,8 @@ def run(config: TransferConfig | dict, *, run_id: str | None = None, progress: b
     every process calls this alike (see the module's docstring); ``on_step`` runs on rank 0.
     """
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.from_dict(config)
+    if cfg.method == "stl" and cfg.beta == "auto":  # no regulariser, so nothing to search: one run
+        cfg = dataclasses.replace(cfg, beta=0.0)
     cfg.validate()
     distributed.init()  # under torchrun: join the other processes (nothing to do in a single process)
     _share_names(cfg)
