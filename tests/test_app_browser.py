@@ -197,6 +197,7 @@ def test_upload_errors_show_in_the_page_and_a_good_table_becomes_a_data_set(page
 
     # After a reload (a new page, as in another tab) the picker still offers it.
     page.reload()
+    page.get_by_role("tab", name="1. Data").click()  # a reload opens the front page, "Build a small model"
     expect(page.locator("#data-summary")).to_contain_text("train", timeout=60_000)
     choose(page, "dataset", "my-reviews")
     expect(page.locator("#data-summary")).to_contain_text("2 classes of texts: 32 for training, 8 for testing")
