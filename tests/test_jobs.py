@@ -34,7 +34,7 @@ def run_row(run_id):
 
 
 def test_a_job_trains_in_its_own_process_and_records_its_run(queue):
-    job = queue.submit({**BASE, "method": "aft", "teachers": ["efficientnet-lite0"], "steps": 12})
+    job = queue.submit({**BASE, "method": "aft", "beta": 1.0, "teachers": ["efficientnet-lite0"], "steps": 12})
     assert job.state in ("queued", "running")
     done = queue.wait(job.id, timeout=240)
     assert done.state == "completed", done.error

@@ -19,8 +19,8 @@ def runs():
     zoo.register(random_spec("resnet", name=STUDENT, hub_id="test_resnet", image_size=32), overwrite=True)
     scores = rank("digits", TEACHERS, ["logme"], limit=96, progress=False)
     out = {"scores": dict(zip(scores["model"], scores["logme"]))}
-    out["both"] = run(TransferConfig(**BASE, teachers=TEACHERS, method="aft"), progress=False)
-    out["lite0"] = run(TransferConfig(**BASE, teachers=TEACHERS[:1], method="aft"), progress=False)
+    out["both"] = run(TransferConfig(**BASE, teachers=TEACHERS, method="aft", beta=1.0), progress=False)
+    out["lite0"] = run(TransferConfig(**BASE, teachers=TEACHERS[:1], method="aft", beta=1.0), progress=False)
     out["stl"] = run(TransferConfig(**BASE, method="stl"), progress=False)
     return out
 
@@ -37,7 +37,7 @@ def test_methods_are_compared_only_like_with_like(runs):
     """Runs of other steps or data never share a comparison, seeds only one method ran are left out, and
     each method's accuracy is the mean of exactly its matched runs."""
     longer = run(TransferConfig(**{**BASE, "steps": 9}, method="stl"), progress=False)  # no partner: not shown
-    other_seed = run(TransferConfig(**BASE, teachers=TEACHERS[:1], method="aft", seed=1), progress=False)
+    other_seed = run(TransferConfig(**BASE, teachers=TEACHERS[:1], method="aft", beta=1.0, seed=1), progress=False)
     table = views.method_comparisons("digits")
     assert set(table["comparison"]) == {f"digits: {STUDENT}, 6 steps, 96 train / 64 test"}
     by = table.set_index("method")
