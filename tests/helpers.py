@@ -121,3 +121,32 @@ def tiny_student(name: str, *, persist: bool = False) -> str:
     zoo.register(random_spec("resnet", name=name, hub_id="test_resnet", image_size=32), overwrite=True,
                  persist=persist)
     return tiny_student_code(name, persist=persist)
+
+
+def listening_port(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """The port an `aftzoo serve` process reports ("listening on http://127.0.0.1:PORT") on its stderr."""
+    deadline, lines = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("listening on http://127.0.0.1:"):
+            return int(line.split(":")[2].split()[0])
+    raise AssertionError("the server did not start:\n" + "".join(lines))
+
+
+def linear_student():
+    """The least a ``train_step`` student is: a module mapping a batch (B, 6) to (logits (B, 3), features (B, 4))."""
+    import torch
+
+    class LinearStudent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            phi = self.body(x)
+            return self.head(phi), phi
+
+    return LinearStudent()

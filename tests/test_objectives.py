@@ -2,6 +2,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers import linear_student
 from transfer.training.aft import aft_loss
 from transfer.training.objectives import AFT, METHODS, BTuning, FactorTransfer, make_objective
 
@@ -185,18 +186,6 @@ def test_every_objective_gives_finite_gradients(method):
     assert any(g is not None and g.abs().sum() > 0 for g in moving)
 
 
-class _TinyStudent(torch.nn.Module):
-    """What ``train_step`` needs of a student: ``(logits, features)`` from a batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.body, self.head = torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        phi = self.body(x)
-        return self.head(phi), phi
-
-
 @pytest.mark.parametrize("method", ["ft", "kd", "aft"])
 def test_a_regulariser_does_not_throttle_the_students_first_step(method):
     # FT's zero-initialised last layer meets a normalisation at 0: its first gradient has a norm near
@@ -207,7 +196,7 @@ def test_a_regulariser_does_not_throttle_the_students_first_step(method):
 
     def student_moved(name: str) -> float:
         torch.manual_seed(1)
-        student, objective = _TinyStudent(), make_objective(name, 4, 5)
+        student, objective = linear_student(), make_objective(name, 4, 5)
         before = [p.detach().clone() for p in student.parameters()]
         optimizer = torch.optim.Adam([*student.parameters(), *objective.parameters()], lr=1e-3)
         scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from app.serve import create_app, load_models, warn_if_exposed
-from tests.helpers import REPO, serve_in_thread
+from tests.helpers import REPO, listening_port, serve_in_thread
 from transfer.serving import runtime
 from zoo.datasets import load_dataset
 
@@ -256,17 +256,7 @@ def test_serve_command_runs_without_torch_and_stops_cleanly(models):
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             cwd=REPO, env={**os.environ})
     try:
-        port = None
-        deadline = time.monotonic() + 60
-        lines = []
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("listening on http://127.0.0.1:"):
-                port = int(line.split(":")[2].split()[0])
-        assert port, "".join(lines)
+        port = listening_port(proc)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/models/{models['text']}/predict", json={"texts": ["nice"]})
         assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] in ("fresh", "rotten")
     finally:
@@ -289,16 +279,11 @@ def _start_serve(*args: str) -> tuple[subprocess.Popen, int]:
             f"main(['serve', *{list(args)!r}, '--port', '0', '--log-level', 'critical'])")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, cwd=REPO, env={**os.environ})
-    deadline, lines = time.monotonic() + 90, []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("listening on http://127.0.0.1:"):
-            return proc, int(line.split(":")[2].split()[0])
-    proc.kill()
-    raise AssertionError("the server did not start:\n" + "".join(lines))
+    try:
+        return proc, listening_port(proc, timeout=90)
+    except AssertionError:
+        proc.kill()
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -555,16 +540,7 @@ def test_the_serve_extra_serves_an_export_in_a_fresh_venv(tmp_path, models):
     proc = subprocess.Popen([aftzoo, "serve", models["text_dir"], "--port", "0", "--log-level", "warning"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path, env=env)
     try:
-        port, lines = None, []
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("listening on http://127.0.0.1:"):
-                port = int(line.split(":")[2].split()[0])
-        assert port, "".join(lines)
+        port = listening_port(proc)
         assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").json() == {"ready": True}
         r = httpx.post(f"http://127.0.0.1:{port}/v1/models/{models['text']}/predict",
                        json={"texts": ["a gorgeous, witty film"], "top_k": 1})

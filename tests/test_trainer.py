@@ -11,7 +11,7 @@ import torch
 
 import zoo
 from storage.catalog import open_catalog
-from tests.helpers import tiny_student
+from tests.helpers import linear_student, tiny_student
 from transfer.training import objectives, trainer
 from transfer.training.trainer import Cancelled, TransferConfig, TransferError, TrainingDiverged, history, resume, run
 
@@ -79,23 +79,13 @@ def test_gradients_are_not_clipped_by_default():
 
     assert TransferConfig(dataset="digits", student=STUDENT).grad_clip is None
     torch.manual_seed(0)
-    student = _Linear()
+    student = linear_student()
     objective = objectives.make_objective("stl", 4, 0)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     x, y = 100 * torch.randn(32, 6), torch.randint(0, 3, (32,))
     train_step(student, objective, optimizer, torch.amp.GradScaler("cuda", enabled=False), x, y, None, 1.0,
                TransferConfig(dataset="digits", student=STUDENT).grad_clip, "cpu")
     assert torch.cat([p.grad.flatten() for p in student.parameters()]).norm() > 10
-
-
-class _Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body, self.head = torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        phi = self.body(x)
-        return self.head(phi), phi
 
 
 @pytest.mark.parametrize("method,expected", [("kd", "lr"), ("ft", "lr"), ("aft", "objective_lr")])
