@@ -384,7 +384,7 @@ def _completed(dataset: str | None) -> pd.DataFrame:
 
 
 # What must match for two runs to be compared: the same data, student, steps and example limits.
-MATCHED = ["dataset", "student", "total_steps", "limit_train", "limit_test", "pretrained"]
+MATCHED = ["dataset", "student", "steps", "limit_train", "limit_test", "pretrained"]
 
 
 def _finished_runs(dataset: str | None) -> pd.DataFrame:
@@ -394,8 +394,12 @@ def _finished_runs(dataset: str | None) -> pd.DataFrame:
                        "WHERE status = 'completed' AND test_accuracy IS NOT NULL"
                        + (" AND dataset = ?" if dataset else ""), [dataset] if dataset else [])
     configs = frame["config"].map(lambda c: json.loads(c) if isinstance(c, str) else (c or {}))
-    keep = configs.map(lambda c: not c.get("parent")).astype(bool)
+    # A build's own row is a summary of runs already listed, not a run of its own.
+    keep = configs.map(lambda c: not c.get("parent") and c.get("kind") != "build").astype(bool)
     frame, configs = frame[keep].copy(), configs[keep]
+    # A beta search's parent row records no total of its own; its children ran the configured steps.
+    frame["steps"] = [int(t) if pd.notna(t) else int(c.get("steps") or 0)
+                      for t, c in zip(frame["total_steps"], configs)]
     for key in ("limit_train", "limit_test", "pretrained", "seed"):
         frame[key] = configs.map(lambda c, key=key: str(c.get(key)))
     # A method with other teachers or another beta is another contender: each gets a bar of its own.

@@ -38,7 +38,17 @@ def test_methods_are_compared_only_like_with_like(runs):
     each method's accuracy is the mean of exactly its matched runs."""
     longer = run(TransferConfig(**{**BASE, "steps": 9}, method="stl"), progress=False)  # no partner: not shown
     other_seed = run(TransferConfig(**BASE, teachers=TEACHERS[:1], method="aft", beta=1.0, seed=1), progress=False)
+    # A beta search's parent records no step total and a build's summary row is no run of its own: neither
+    # may break the page (a NULL total once did) and the summary must not be counted as a contender.
+    searched = run(TransferConfig(**BASE, teachers=TEACHERS[:1], method="kd", beta="auto"), progress=False)
+    from storage.catalog import open_catalog
+    with open_catalog() as cat:
+        cat.create_run("test-views-build", dataset="digits", student=STUDENT, teachers=[], method="build",
+                       config={"kind": "build"}, total_steps=None, status="completed")
+        cat.update_run("test-views-build", test_accuracy=0.5)
     table = views.method_comparisons("digits")
+    assert not table["method"].str.startswith("build").any()
+    assert by_label(table, "kd ")["runs"].sum() == 1 and searched.run_id
     assert set(table["comparison"]) == {f"digits: {STUDENT}, 6 steps, 96 train / 64 test"}
     by = table.set_index("method")
     assert by.loc["stl", "accuracy"] == pytest.approx(runs["stl"].test_accuracy, abs=1e-4)
@@ -48,6 +58,10 @@ def test_methods_are_compared_only_like_with_like(runs):
     assert by.loc[f"aft ({', '.join(TEACHERS)}; beta 1.0)", "runs"] == 1
     assert longer.run_id and other_seed.run_id
     assert views.method_comparisons("no-such-data").empty
+
+
+def by_label(table: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    return table[table["method"].str.startswith(prefix)]
 
 
 def test_prefilled_teacher_is_the_best_ranked_and_never_the_student():
