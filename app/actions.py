@@ -109,11 +109,44 @@ def on_method(method):
             gr.update(interactive=uses_teachers, choices=views.beta_choices(method)), "")
 
 
+def _bring_here(names, progress) -> None:
+    """Download (only with AFTZOO_OFFLINE=0) the chosen models not on this machine yet, with a progress bar."""
+    from zoo.download import fetch
+    from zoo.registry import resolve, weights_status
+
+    for model in names:
+        if model and weights_status(resolve(model)) is None:
+            fetch(model, on_progress=lambda fraction, what: progress(fraction, desc=what))
+
+
+def add_hub_model(hub_name, dataset, progress=gr.Progress()):
+    """A model by hub name (timm:, hf:, open_clip:, hf-hub:): registered, its weights brought here, listed."""
+    from zoo.download import fetch
+    from zoo.registry import resolve
+
+    try:
+        if not (hub_name or "").strip():
+            raise ValueError("type a model name first, e.g. timm:convnext_tiny.fb_in22k, hf:facebook/dinov2-small, "
+                             "open_clip:ViT-B-32/laion2b_s34b_b79k or hf-hub:ORG/NAME")
+        progress(0, desc=f"reading the config of {hub_name.strip()}")
+        spec = resolve(hub_name.strip())
+        source = fetch(spec, on_progress=lambda fraction, what: progress(fraction, desc=what))
+    except USER_ERRORS as exc:
+        return problem("add the model", exc), gr.update(), gr.update(), gr.update()
+    kind = views.modality(dataset) if dataset else spec.modality
+    teachers = views.available("teacher", kind)
+    other = "" if spec.modality == kind else f" It is an {spec.modality} model: it is offered with {spec.modality} data."
+    return (f"Added **{spec.name}** ({spec.modality}, {spec.feature_dim} features), weights from "
+            f"{source.describe()}.{other}", views.zoo_table("teacher", kind),
+            gr.update(choices=teachers), gr.update(choices=teachers))
+
+
 def rank_teachers(name, models, chosen, limit, shown, student, progress=gr.Progress()):
     from transfer.ranking import rank
 
     try:
         limit = _whole(limit, "Training examples to use", 0)
+        _bring_here(models or [], progress)
         progress(0, desc="loading the data set")
         frame = rank(name, list(models or []), list(chosen or []), limit=limit or None, progress=False,
                      on_progress=lambda f, what: progress(f, desc=what))
@@ -142,7 +175,8 @@ def show_runs(scope, name):
                                 "it appears under *Finished run*.")
 
 
-def start_transfer(queue: JobQueue, name, student, scratch, method, teachers, beta, steps, lr, limit_train, limit_test):
+def start_transfer(queue: JobQueue, name, student, scratch, method, teachers, beta, steps, lr, limit_train, limit_test,
+                   progress=gr.Progress()):
     """Queue a transfer from the form; every field is checked here, each error names its field."""
     from transfer.training.trainer import TransferError
 
@@ -167,6 +201,7 @@ def start_transfer(queue: JobQueue, name, student, scratch, method, teachers, be
                   "limit_train": _whole(limit_train, "Training examples", 0) or None,
                   "limit_test": _whole(limit_test, "Test examples", 0) or None,
                   "eval_every": max(1, min(100, steps // 5)), "log_every": max(1, min(10, steps // 20))}
+        _bring_here([*teachers, None if scratch else student], progress)
         job = queue.submit(config)
     except (TransferError, *USER_ERRORS) as exc:
         return problem("start", exc), gr.update(), gr.update()

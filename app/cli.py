@@ -194,10 +194,14 @@ def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or s
            modality: Optional[str] = typer.Option(None, "--modality", help="image or text."),
            pattern: Optional[str] = typer.Option(None, "--pattern", help="fnmatch pattern on the name, e.g. 'dinov2*'; "
                                                  "without wildcards, any name containing it."),
-           as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
+           fetch: Optional[str] = typer.Option(None, "--fetch", help="Bring one model's weights onto this machine, "
+                                               "any name form (downloads need AFTZOO_OFFLINE=0).")) -> None:
     """List the zoo's models, the ones registered before and those in the local Hugging Face cache."""
     from zoo.registry import get, list_models, list_specs, load_persisted
 
+    if fetch is not None:
+        return _fetch_model(fetch)
     try:
         load_persisted()
     except Exception as exc:  # a busy catalog hides only earlier sessions' models: say so, list the rest
@@ -227,6 +231,17 @@ def models(role: Optional[str] = typer.Option(None, "--role", help="teacher or s
     console.print("weights here: pack = offline pack, cache = local hub cache, folder = registered folder, "
                   "random = trained from scratch, no = needs --weights DIR or AFTZOO_OFFLINE=0; any name takes "
                   "the forms timm:NAME, hf:ORG/NAME, open_clip:ARCH/TAG and hf-hub:ORG/NAME", highlight=False)
+
+
+def _fetch_model(name: str) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from zoo.download import fetch
+
+    with user_errors(), Progress(TextColumn("{task.description}"), BarColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"looking up {name}", total=1.0)
+        source = fetch(name, on_progress=lambda done, what: bar.update(task, completed=done or 0, description=what))
+    console.print(f"{name}: on this machine ({source.describe()})", highlight=False)
 
 
 @app.command()

@@ -165,7 +165,8 @@ def _how_to_get(spec) -> str:
     from zoo.registry import WeightsUnavailable, resolve_weights
 
     try:
-        return f"ready ({resolve_weights(spec).kind})"
+        source = resolve_weights(spec)
+        return "downloads from the hub when first picked" if source.kind == "hub" else f"ready ({source.kind})"
     except WeightsUnavailable as exc:
         text = str(exc)
         return text.split("downloads are off: ", 1)[-1] if "downloads are off: " in text else text
@@ -188,9 +189,13 @@ def zoo_table(role: str = "teacher", modality_: str | None = None) -> pd.DataFra
 
 
 def available(role: str, modality_: str) -> list[str]:
+    """The models a person may pick: those on this machine, then (downloads on) those the hub would bring."""
+    from storage.settings import get_settings
     from zoo.registry import list_specs, weights_status
 
-    return [s.name for s in list_specs(role=role, modality=modality_) if weights_status(s)]
+    specs = list_specs(role=role, modality=modality_)
+    here = [s.name for s in specs if weights_status(s)]
+    return here if get_settings().offline else here + [s.name for s in specs if s.name not in here]
 
 
 def needs_scratch(student: str) -> bool:

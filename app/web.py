@@ -78,7 +78,17 @@ def _teachers_page(ui: Ui) -> None:
         ui.zoo_table = gr.Dataframe(label="Teacher models for this kind of data", interactive=False, max_height=300,
                                     wrap=True, column_widths=["15%", "11%", "6%", "8%", "7%", "7%", "46%"])
         with gr.Row():
-            ui.rank_models = gr.CheckboxGroup(ui.all_teachers, label="Teachers to rank (only those on this machine)",
+            ui.hub_name = gr.Textbox(label="Add a model by its hub name", elem_id="hub-name", scale=4,
+                                     placeholder="timm:convnext_tiny.fb_in22k, hf:facebook/dinov2-small, "
+                                                 "open_clip:ViT-B-32/laion2b_s34b_b79k or hf-hub:ORG/NAME",
+                                     info="Read from the local Hugging Face cache; downloaded (with progress) only "
+                                          "when the app runs with AFTZOO_OFFLINE=0.")
+            ui.hub_add = gr.Button("Add model", elem_id="hub-add", scale=1)
+        ui.hub_status = gr.Markdown(elem_classes="status", elem_id="hub-status")
+        with gr.Row():
+            ui.rank_models = gr.CheckboxGroup(ui.all_teachers, label="Teachers to rank" + (
+                                                  " (only those on this machine)" if get_settings().offline else
+                                                  "; those not here download first"),
                                               elem_id="rank-models", scale=2)
             ui.metrics = gr.CheckboxGroup([(views.METRIC_LABELS[m], m) for m in METRICS], value=["logme", "probe"],
                                           label="Scores (the first ticked orders the ranking)",
@@ -216,6 +226,10 @@ def _wire_teachers(ui: Ui) -> None:
                          [ui.dataset, ui.rank_models, ui.metrics, ui.rank_limit, ui.chart_metric, ui.student],
                          [ui.rank_status, ui.rank_table, ui.rank_chart, ui.rank_history, ui.teachers],
                          api_name="rank", show_progress_on=ui.rank_status)
+    add = dict(fn=actions.add_hub_model, inputs=[ui.hub_name, ui.dataset],
+               outputs=[ui.hub_status, ui.zoo_table, ui.rank_models, ui.teachers], show_progress_on=ui.hub_status)
+    ui.hub_add.click(**add, api_name="add_model")
+    ui.hub_name.submit(**add, api_name=False)
     ui.chart_metric.change(charts.score_chart, [ui.rank_table, ui.chart_metric], ui.rank_chart, api_name=False)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import zoo
 from tests.helpers import run_cli
+from tests.local_hub import save_tiny_dinov2
 from zoo import hub, registry
 from zoo.models import load
 from zoo.registry import UnknownModel, WeightsUnavailable
@@ -32,17 +33,7 @@ def _snapshot(cache: Path, repo: str) -> Path:
 
 
 def _dinov2(cache: Path) -> str:
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    snapshot = _snapshot(cache, f"{ORG}/dinov2-tiny")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=28, patch_size=14)
-    Dinov2Model(config).save_pretrained(snapshot)
-    (snapshot / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": 28, "width": 28}, "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": {"shortest_edge": 32}}))
+    save_tiny_dinov2(_snapshot(cache, f"{ORG}/dinov2-tiny"))
     return f"hf:{ORG}/dinov2-tiny"
 
 

@@ -7,6 +7,7 @@ __all__ = ["Dataset", "Split", "list_datasets", "load_dataset"]
 from zoo.registry import (ModelSpec, UnknownModel, get, list_models, load_persisted, register,  # noqa: E402
                           resolve, unregister)
 from zoo.extract import ExtractResult, extract, extract_info, extract_splits  # noqa: E402  (zoo.extract: the function)
+from zoo.download import fetch  # noqa: E402
 
 __all__ += ["ModelSpec", "UnknownModel", "get", "list_models", "load_persisted", "register", "resolve", "unregister",
-            "ExtractResult", "extract", "extract_info", "extract_splits"]
+            "ExtractResult", "extract", "extract_info", "extract_splits", "fetch"]

@@ -57,11 +57,18 @@ def hub_file(repo: str, filename: str) -> str | None:
         return found
     if get_settings().offline:
         return None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         return hf_hub_download(repo, filename)
+    except LocalEntryNotFoundError:  # the hub did not answer (and the cache has no copy)
+        raise WeightsUnavailable(f"could not reach the hub at {constants.ENDPOINT} for {repo}: check the network, or "
+                                 f"fetch it on a machine with one (`hf download {repo}`) and copy the Hugging Face "
+                                 "cache here") from None
+    except RepositoryNotFoundError:
+        raise UnknownModel(f"the hub at {constants.ENDPOINT} has no model repo {repo}: check the name (ORG/NAME), "
+                           "or log in with `hf auth login` if it is private or gated") from None
     except EntryNotFoundError:
         return None
 

@@ -54,11 +54,16 @@ _OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def cache_repo(spec: ModelSpec) -> str | None:
+    """The Hugging Face repo whose cache holds ``spec``'s weights (a pack's image model: timm's own repo)."""
+    if spec.source == "pack" and spec.modality == "image" and spec.hub_id and "/" not in spec.hub_id:
+        return f"timm/{spec.hub_id}"
+    return spec.hub_repo
+
+
 def _hf_cached(spec: ModelSpec) -> str | None:
     """A file or snapshot folder of ``spec`` in the local Hugging Face cache, or None. Never downloads."""
-    repo = spec.hub_repo
-    if spec.source == "pack" and spec.modality == "image" and spec.hub_id and "/" not in spec.hub_id:
-        repo = f"timm/{spec.hub_id}"
+    repo = cache_repo(spec)
     if not repo:
         return None
     try:
