@@ -110,10 +110,14 @@ def on_method(method):
 
 
 def _bring_here(names, progress) -> None:
-    """Download (only with AFTZOO_OFFLINE=0) the chosen models not on this machine yet, with a progress bar."""
+    """With AFTZOO_OFFLINE=0, download the chosen models not on this machine yet, with a progress bar (offline,
+    the action itself says which are missing and how to get them)."""
+    from storage.settings import get_settings
     from zoo.download import fetch
     from zoo.registry import resolve, weights_status
 
+    if get_settings().offline:
+        return
     for model in names:
         if model and weights_status(resolve(model)) is None:
             fetch(model, on_progress=lambda fraction, what: progress(fraction, desc=what))

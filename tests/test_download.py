@@ -76,8 +76,9 @@ def test_cli_fetch_and_its_errors_in_one_line(hub, tmp_path):
     out = run_cli("models", "--fetch", NAME, env=env)
     assert out.returncode == 0, out.stderr
     assert f"{NAME}: on this machine (local cache" in out.stdout
-    again = run_cli("models", "--fetch", NAME, env=env)  # already here: nothing downloaded twice
-    assert again.returncode == 0 and "local cache" in again.stdout
+    asked = len(hub.requests)
+    again = run_cli("models", "--fetch", NAME, env=env)  # already here: nothing asked of the hub again
+    assert again.returncode == 0 and "local cache" in again.stdout and len(hub.requests) == asked
     for name, mode, says in [("hf:tiny-org/absent", "1", "`hf download tiny-org/absent`"),
                              ("hf:tiny-org/absent", "0", "has no model repo tiny-org/absent"),
                              ("timm:resnet18.a1_in1k", "0", "has no repo timm/resnet18.a1_in1k")]:

@@ -34,15 +34,20 @@ def test_a_sentence_transformer_students_phi_is_raw_not_unit_norm(minilm, texts)
 
 def test_length_buckets_give_the_same_features_and_gradients(minilm, texts):
     batch = minilm.preprocess(texts[0], "{text}")
+    words = minilm.backbone.net.get_input_embeddings()
+    lookups = []
+    hook = words.register_forward_hook(lambda *args: lookups.append(1))
     outs = {}
     for rows in (0, 8):
         minilm.bucket_rows = rows
         minilm.zero_grad()
         logits, phi = minilm(batch)
         logits.sum().backward()
-        outs[rows] = (phi.detach(), minilm.head.weight.grad.clone(),
+        outs[rows] = (phi.detach(), minilm.head.weight.grad.clone(), words.weight.grad.clone(),
                       minilm.backbone.net.encoder.layer[0].attention.self.query.weight.grad.clone())
+    hook.remove()
     minilm.bucket_rows = 8
+    assert len(lookups) == 2  # one word-embedding look-up per batch, bucketed or not: not one per sub-batch
     for a, b in zip(outs[0], outs[8]):
         assert torch.allclose(a, b, atol=2e-4, rtol=1e-4), float((a - b).abs().max())
 

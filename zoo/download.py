@@ -22,7 +22,7 @@ from zoo.weights import WeightsSource, WeightsUnavailable, cache_repo, resolve_w
 OnProgress = Callable[[float | None, str], None]
 
 _SIDE_FILES = (".json", ".txt", ".model")            # configs, vocabularies, sentencepiece models
-_OTHER_FORMATS = ("onnx", "openvino", "flax_", "tf_", "rust_", "coreml", ".h5", ".msgpack", ".tflite", ".ot")
+_OTHER_FORMATS = ("onnx", "openvino", "flax_", "tf_", "rust_", "coreml", ".h5", ".msgpack", ".tflite")
 
 
 def files_to_fetch(sizes: dict[str, int]) -> list[str]:

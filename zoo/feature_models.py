@@ -210,8 +210,8 @@ class T5DecoderFeatureModel(TextFeatureModel):
     def forward_features(self, batch: dict) -> torch.Tensor:
         start = self.net.config.decoder_start_token_id
         start = self.net.config.pad_token_id if start is None else start
-        decoder_ids = torch.full((batch["input_ids"].shape[0], 1), int(start or 0), dtype=torch.long,
-                                 device=batch["input_ids"].device)
+        decoder_ids = torch.full((batch["attention_mask"].shape[0], 1), int(start or 0), dtype=torch.long,
+                                 device=batch["attention_mask"].device)
         out = self.net(**batch, decoder_input_ids=decoder_ids, use_cache=False)
         return out.last_hidden_state[:, -1]
 
