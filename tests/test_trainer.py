@@ -42,13 +42,15 @@ def test_each_method_trains_and_lowers_the_loss(method):
     h = history(result.run_id)
     assert list(h["step"]) == [4, 8, 12, 16, 20, 24]
     assert h["loss"].iloc[-2:].mean() < h["loss"].iloc[:2].mean()
-    # ten classes: chance is 0.1. B-Tuning reached 0.13-0.16 here since the engine changes of issue 20 (with or
-    # without clipping, per-step or per-epoch cosine): open, see the engine's phase-A report.
-    assert result.test_accuracy > (0.1 if method == "btune" else 0.2)
+    assert result.test_accuracy > 0.2  # ten classes: chance is 0.1
     if method == "stl":
         assert (h["reg"] == 0).all()
     else:
         assert (h["reg"] > 0).all()
+    if method == "btune":
+        # Its LogME fit of the student is on phi as training computes it (BatchNorm on batch statistics): fitted
+        # on the fresh student's eval-mode features it started R at ~100 and held the student near chance.
+        assert h["reg"].iloc[0] < 1.0
     if method == "aft":
         w = h.dropna(subset=["weight_mean"])
         assert w["weight_std"].iloc[-1] > 0  # the teacher weights moved away from 0.5 unevenly

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from transfer.training.config import TransferConfig, TransferError
 from transfer.training.students import Student
@@ -81,9 +82,21 @@ def batches(n: int, batch_size: int):
 
 @torch.no_grad()
 def _student_features(student: Student, inputs, prompt: str, batch_size: int) -> np.ndarray:
+    """phi as a training step computes it: batch statistics in BatchNorm (a fresh student's running statistics are
+    still 0 and 1, and features normalised with them live on another scale: B-Tuning's LogME fit on those once
+    started R at ~100 instead of ~0.1), no dropout noise, and the running statistics left as they were."""
+    norms = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     student.eval()
-    out = [student(student.preprocess(take(inputs, np.arange(i, min(i + batch_size, len(inputs)))), prompt))[1]
-           for i in batches(len(inputs), batch_size)]
+    for m in norms:
+        m.train()
+    try:
+        out = [student(student.preprocess(take(inputs, np.arange(i, min(i + batch_size, len(inputs)))), prompt))[1]
+               for i in batches(len(inputs), batch_size)]
+    finally:
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state)
+        student.train()
     return torch.cat(out).float().cpu().numpy()
 
 
