@@ -3,8 +3,9 @@
     python -m benchmarks.bench_train_step [--text-student minilm-l6] [--batch 64] [--threads 1]
 
 "before" is the step as it was (a text batch padded to its longest row and run as one; Adam's per-tensor
-loop; every group clipped to norm 1); "after" is the trainer's step now (sub-batches of 8 rows of similar
-length, each padded to its own longest row; fused Adam; no clipping, the authors'). Both use the trainer's
+loop; every group clipped to norm 1); "after" is the trainer's step now (MiniLM, a BERT: the batch's real
+tokens packed into one sequence for every linear layer, attention per group of 8 rows of similar length;
+other text students: sub-batches of 8 such rows; fused Adam; no clipping, the authors'). Both use the trainer's
 own ``train_step`` on the same student, batch and teacher features; blocks of steps alternate between them
 so that a noisy machine slows both alike, and the medians are compared. The run also measures
 

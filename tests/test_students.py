@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from transfer.training import packing
 from transfer.training.students import build_student
 from zoo.datasets import load_dataset
 from zoo.registry import get
@@ -48,6 +49,7 @@ def test_length_buckets_give_the_same_features_and_gradients(minilm, texts):
     hook.remove()
     minilm.bucket_rows = 8
     assert len(lookups) == 2  # one word-embedding look-up per batch, bucketed or not: not one per sub-batch
+    assert packing.supports(minilm.backbone)  # MiniLM is a BERT: bucket_rows=8 ran it on packed tokens
     for a, b in zip(outs[0], outs[8]):
         assert torch.allclose(a, b, atol=2e-4, rtol=1e-4), float((a - b).abs().max())
 

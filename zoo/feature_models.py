@@ -178,7 +178,11 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class ClsFeatureModel(TextFeatureModel):
     def forward_features(self, batch: dict) -> torch.Tensor:
-        return self.net(**batch).last_hidden_state[:, 0]
+        return self.pool(self.net(**batch).last_hidden_state, batch["attention_mask"])
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The features of an encoder's token states (B, L, d) under their mask: the first token's."""
+        return hidden[:, 0]
 
 
 class LastTokenFeatureModel(TextFeatureModel):
@@ -225,8 +229,11 @@ class SentencePoolingFeatureModel(TextFeatureModel):
         self.pooling, self.normalize = pooling, normalize
 
     def forward_features(self, batch: dict) -> torch.Tensor:
-        hidden = self.net(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return self.pool(self.net(**batch).last_hidden_state, batch["attention_mask"])
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The features of an encoder's token states (B, L, d) under their mask: the folder's pooling modes."""
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         parts = []
         if self.pooling.get("pooling_mode_cls_token"):
             parts.append(hidden[:, 0])
@@ -239,7 +246,7 @@ class SentencePoolingFeatureModel(TextFeatureModel):
             if self.pooling.get("pooling_mode_mean_sqrt_len_tokens"):
                 parts.append(summed / counts.sqrt())
         if self.pooling.get("pooling_mode_lasttoken"):
-            index = last_token_index(batch["attention_mask"])
+            index = last_token_index(attention_mask)
             parts.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), index])
         out = torch.cat(parts, dim=1)
         return F.normalize(out, p=2, dim=1) if self.normalize else out
