@@ -52,7 +52,7 @@ class TransferConfig:
     batch_size: int | None = None      # None: image_batch_size or text_batch_size, by the data set's modality
     image_batch_size: int = 128        # the paper's
     text_batch_size: int = 64          # the paper's
-    bucket_rows: int = 8               # text batches run as length-sorted sub-batches of this many rows; 0: one batch
+    bucket_rows: int = 8               # text batches by length groups of this many rows (BERT: packed tokens); 0: one batch
     weight_decay: float = 0.0
     grad_clip: float | None = None     # None: no clipping (the authors'); a number clips each group's norm
     schedule: str = "epoch"            # cosine stepped per "epoch" (the authors') or per "step"
