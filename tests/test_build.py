@@ -80,6 +80,18 @@ def test_the_cli_reports_a_bad_name_in_one_line(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr and "no-such-data" in res.stderr
 
 
+def test_a_model_registered_in_an_earlier_session_builds_by_name(home, clean_registry):
+    """The build looks models up as every entry point does: a model an earlier session registered
+    (recorded in the catalog) is found by name (the slow kill -9 test's noise teacher once was not)."""
+    from transfer.build.flow import _resolve
+    from zoo.registry import noise_spec, register, unregister
+
+    name = register(noise_spec(64, "image"), persist=True).name
+    unregister(name)  # a new session: only the catalog knows it
+    plan = _resolve(BuildConfig(dataset="digits", teachers=[name], methods=["stl", "kd"]))
+    assert plan["teachers"] == [name] and plan["methods"] == ["stl", "kd"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole builds on digits (real data, real models, real processes)
 # ---------------------------------------------------------------------------------------------

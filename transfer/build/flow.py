@@ -75,10 +75,12 @@ def auto_teachers(modality: str, student: str) -> list[str]:
 
 def _resolve(cfg: BuildConfig) -> dict:
     from zoo.datasets import load_dataset
-    from zoo.registry import get as get_spec
-    from zoo.registry import weights_status
+    from zoo.registry import load_persisted, weights_status
+    from zoo.registry import resolve as get_spec  # an entry point: models of earlier sessions and hub names too
 
     data = load_dataset(cfg.dataset)
+    if cfg.teachers == "auto":
+        load_persisted()  # "auto" picks among every teacher this machine knows, registered earlier ones included
     student = cfg.student or DEFAULT_STUDENTS[data.modality]
     spec = get_spec(student)
     if spec.modality != data.modality:
