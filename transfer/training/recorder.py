@@ -57,10 +57,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
             torch.save(state, tmp)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[-200:]
-        try:  # torch's own message ("unexpected pos 768 vs 662") does not say the disk is full: the numbers do
-            free = f"{shutil.disk_usage(path.parent).free:,} bytes free on its disk"
+        try:
+            free_bytes = shutil.disk_usage(path.parent).free
         except OSError:
-            free = "is the disk full?"
+            free_bytes = None
+        # torch's own message ("unexpected pos 768 vs 662", "enforce fail at inline_container.cc") does not say the
+        # disk is full; the free space does, so say it in the operating system's words.
+        if free_bytes is not None and free_bytes < 2**20 and "No space left on device" not in reason:
+            reason = f"No space left on device: {reason}"
+        free = "is the disk full?" if free_bytes is None else f"{free_bytes:,} bytes free on its disk"
         raise CheckpointError(f"could not write the checkpoint {path} ({reason}; {free}). Free disk space, then "
                               "resume the run") from None
 
