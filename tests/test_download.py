@@ -18,6 +18,7 @@ from zoo.download import files_to_fetch
 
 NAME = "hf:tiny-org/dinov2-served"
 DECOYS = ("flax_model.msgpack", "onnx/model.onnx", "pytorch_model.bin", "README.md")
+DELAY = 0.4  # seconds before each file's body: several progress reports per fetch
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def hub(tmp_path_factory):
     for decoy in DECOYS:  # other formats of the same weights: never fetched when safetensors are there
         (repo / decoy).parent.mkdir(exist_ok=True)
         (repo / decoy).write_bytes(b"not for aftzoo")
-    with LocalHub(root, delay=0.4) as served:
+    with LocalHub(root, delay=DELAY) as served:
         yield served
 
 
@@ -95,6 +96,7 @@ def test_the_app_adds_a_hub_model_with_a_progress_bar(hub, tmp_path):
     env = online(hub, tmp_path)
     (tmp_path / "home").mkdir()
     proc, url, _ = start_app(tmp_path / "home", env=env)
+    hub.delay = 2.0  # each file takes 2 s: the bar stays up long enough to be seen on a loaded machine
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -111,4 +113,5 @@ def test_the_app_adds_a_hub_model_with_a_progress_bar(hub, tmp_path):
             sync_api.expect(ranked).to_contain_text("hf-tiny-org--dinov2-served")
             browser.close()
     finally:
+        hub.delay = DELAY
         stop(proc)
