@@ -251,21 +251,12 @@ def test_warns_when_bound_beyond_loopback(capsys):
 
 
 def test_serve_command_runs_without_torch_and_stops_cleanly(models):
-    code = ("import sys; sys.modules['torch'] = None; from app.cli import main; "
-            f"main(['serve', {models['text_dir']!r}, '--port', '0', '--log-level', 'warning'])")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            cwd=REPO, env={**os.environ})
+    proc, port = _start_serve(models["text_dir"], log_level="warning")
     try:
-        port = listening_port(proc)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/models/{models['text']}/predict", json={"texts": ["nice"]})
         assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] in ("fresh", "rotten")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        _stop(proc, strict=True)
     assert proc.returncode == 0, proc.stderr.read()
 
 
@@ -274,9 +265,10 @@ HEAD_TIMEOUT = 2.0
 PER_CLIENT = 64
 
 
-def _start_serve(*args: str) -> tuple[subprocess.Popen, int]:
+def _start_serve(*args: str, log_level: str = "critical") -> tuple[subprocess.Popen, int]:
+    """`aftzoo serve ARGS` in its own process with torch made unimportable; (process, port) once it listens."""
     code = ("import sys; sys.modules['torch'] = None; from app.cli import main; "
-            f"main(['serve', *{list(args)!r}, '--port', '0', '--log-level', 'critical'])")
+            f"main(['serve', *{list(args)!r}, '--port', '0', '--log-level', {log_level!r}])")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, cwd=REPO, env={**os.environ})
     try:
@@ -284,6 +276,17 @@ def _start_serve(*args: str) -> tuple[subprocess.Popen, int]:
     except AssertionError:
         proc.kill()
         raise
+
+
+def _stop(proc: subprocess.Popen, strict: bool = False) -> None:
+    """Ctrl+C, as a user stops the server; killed after 20 s (``strict``: and that is a failure)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        if strict:
+            raise
 
 
 @pytest.fixture(scope="module")
@@ -294,11 +297,7 @@ def guarded(models):
     try:
         yield {"proc": proc, "port": port, "url": f"http://127.0.0.1:{port}"}
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def _good_request(url: str, models) -> float:
@@ -546,8 +545,4 @@ def test_the_serve_extra_serves_an_export_in_a_fresh_venv(tmp_path, models):
                        json={"texts": ["a gorgeous, witty film"], "top_k": 1})
         assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == want["label"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
